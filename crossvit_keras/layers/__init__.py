@@ -1,0 +1,34 @@
+"""CrossViT's layers, one file per part of the architecture:
+
+- embedding.py: PatchEmbedding (linear or 3-conv), ClassTokenPositionEmbedding
+- resize.py: BicubicResize, the large branch's PyTorch-exact input resize
+- transformer.py: MultiHeadSelfAttention, MLP, TransformerBlock
+- cross_attention.py: MultiHeadCrossAttention, CrossAttentionBlock, Projection (f, g), CrossAttentionFusion
+- encoder.py: MultiScaleEncoder, one stage of the multi-scale encoder, and the FUSIONS table
+"""
+
+from crossvit_keras.layers.cross_attention import (
+    CrossAttentionBlock,
+    CrossAttentionFusion,
+    MultiHeadCrossAttention,
+    Projection,
+)
+from crossvit_keras.layers.embedding import ClassTokenPositionEmbedding, PatchEmbedding
+from crossvit_keras.layers.encoder import FUSIONS, MultiScaleEncoder
+from crossvit_keras.layers.resize import BicubicResize
+from crossvit_keras.layers.transformer import MLP, MultiHeadSelfAttention, TransformerBlock
+
+__all__ = [
+    "FUSIONS",
+    "MLP",
+    "BicubicResize",
+    "ClassTokenPositionEmbedding",
+    "CrossAttentionBlock",
+    "CrossAttentionFusion",
+    "MultiHeadCrossAttention",
+    "MultiHeadSelfAttention",
+    "MultiScaleEncoder",
+    "PatchEmbedding",
+    "Projection",
+    "TransformerBlock",
+]

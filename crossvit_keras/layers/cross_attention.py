@@ -1,0 +1,229 @@
+"""CrossViT's cross-attention fusion (paper Sec. 3.3, Eq. 5-7, Fig. 3).
+
+For each branch i, with j the other branch:
+
+    x'_cls = f_i(x_cls^i)                                 f_i: LayerNorm -> GELU -> Dense(D_i -> D_j)
+    y_cls  = x'_cls + MCA(LayerNorm([x'_cls || x_patch^j]))   the CLS token is the ONLY query
+    z^i    = [g_i(y_cls) || x_patch^i]                    g_i: LayerNorm -> GELU -> Dense(D_j -> D_i)
+
+Because only the CLS token queries, the attention map is 1 x (N + 1) per head: the cost of the
+fusion is linear, not quadratic, in the number of patch tokens. There is no MLP after it.
+"""
+
+import keras
+from keras import ops
+
+from crossvit_keras.layers.base import dense, gelu, layer_norm, register
+from crossvit_keras.layers.transformer import drop_path
+
+
+@register
+class MultiHeadCrossAttention(keras.layers.Layer):
+    """Multi-head attention in which the first token alone queries the whole sequence (timm's
+    `CrossAttention`). Input (B, N + 1, D), output (B, 1, D): the attended CLS token."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop_rate=0.0, proj_drop_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} does not divide the width dim={dim}.")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.qkv_bias = qkv_bias
+        self.attn_drop_rate = attn_drop_rate
+        self.proj_drop_rate = proj_drop_rate
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        dtype = self.dtype_policy
+        self.wq = dense(dim, "wq", dtype, use_bias=qkv_bias)
+        self.wk = dense(dim, "wk", dtype, use_bias=qkv_bias)
+        self.wv = dense(dim, "wv", dtype, use_bias=qkv_bias)
+        self.attn_drop = keras.layers.Dropout(attn_drop_rate, name="attn_drop", dtype=dtype)
+        self.proj = dense(dim, "proj", dtype)
+        self.proj_drop = keras.layers.Dropout(proj_drop_rate, name="proj_drop", dtype=dtype)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        for layer in (self.wq, self.wk, self.wv, self.proj):
+            layer.build(input_shape)
+
+    def _heads(self, x):
+        """(B, T, D) -> (B, heads, T, head_dim)."""
+        return ops.transpose(ops.reshape(x, (-1, x.shape[1], self.num_heads, self.head_dim)), (0, 2, 1, 3))
+
+    def call(self, x, training=None, return_attention_scores=False):
+        q = self._heads(self.wq(x[:, :1])) * ops.cast(self.scale, x.dtype)  # (B, h, 1, d)
+        k = self._heads(self.wk(x))  # (B, h, N + 1, d)
+        v = self._heads(self.wv(x))
+        attn = ops.softmax(ops.matmul(q, ops.swapaxes(k, -1, -2)))  # (B, h, 1, N + 1)
+        out = ops.matmul(self.attn_drop(attn, training=training), v)  # (B, h, 1, d)
+        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, 1, self.dim))
+        out = self.proj_drop(self.proj(out), training=training)
+        return (out, attn) if return_attention_scores else out
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, self.dim)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "qkv_bias": self.qkv_bias,
+            "attn_drop_rate": self.attn_drop_rate,
+            "proj_drop_rate": self.proj_drop_rate,
+        }
+
+
+@register
+class CrossAttentionBlock(keras.layers.Layer):
+    """y_cls = x_cls + DropPath(MultiHeadCrossAttention(LayerNorm(x))); no MLP (Eq. 7)."""
+
+    def __init__(
+        self, dim, num_heads, qkv_bias=True, attn_drop_rate=0.0, proj_drop_rate=0.0, drop_path_rate=0.0, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.qkv_bias = qkv_bias
+        self.attn_drop_rate = attn_drop_rate
+        self.proj_drop_rate = proj_drop_rate
+        self.drop_path_rate = drop_path_rate
+        dtype = self.dtype_policy
+        self.norm1 = layer_norm("norm1", dtype)
+        self.attn = MultiHeadCrossAttention(
+            dim, num_heads, qkv_bias, attn_drop_rate, proj_drop_rate, name="attn", dtype=dtype
+        )
+        self.drop_path = drop_path(drop_path_rate, "drop_path", dtype)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        self.norm1.build(input_shape)
+        self.attn.build(input_shape)
+
+    def call(self, x, training=None):
+        return x[:, :1] + self.drop_path(self.attn(self.norm1(x), training=training), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, self.dim)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "qkv_bias": self.qkv_bias,
+            "attn_drop_rate": self.attn_drop_rate,
+            "proj_drop_rate": self.proj_drop_rate,
+            "drop_path_rate": self.drop_path_rate,
+        }
+
+
+@register
+class Projection(keras.layers.Layer):
+    """LayerNorm -> GELU -> Dense: the projection f (D_i -> D_j) and back-projection g (D_j -> D_i)."""
+
+    def __init__(self, dim_out, **kwargs):
+        super().__init__(**kwargs)
+        self.dim_out = dim_out
+        self.norm = layer_norm("norm", self.dtype_policy)
+        self.fc = dense(dim_out, "fc", self.dtype_policy)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        self.norm.build(input_shape)
+        self.fc.build(input_shape)
+
+    def call(self, x):
+        return self.fc(gelu(self.norm(x)))
+
+    def compute_output_shape(self, input_shape):
+        return (*tuple(input_shape)[:-1], self.dim_out)
+
+    def get_config(self):
+        return {**super().get_config(), "dim_out": self.dim_out}
+
+
+@register
+class CrossAttentionFusion(keras.layers.Layer):
+    """Fuses the two branches: each branch's CLS token is projected by f into the other branch,
+    attends (as the only query) to that branch's patch tokens, and is projected back by g.
+    Patch tokens pass through unchanged. Input and output: [tokens_small, tokens_large].
+
+    `depth` is the paper's L (cross-attention layers per branch); like timm and the official code,
+    layer l > 0 attends to the output of layer l - 1 alone."""
+
+    def __init__(
+        self,
+        dims,
+        num_heads,
+        depth=1,
+        qkv_bias=True,
+        attn_drop_rate=0.0,
+        proj_drop_rate=0.0,
+        drop_path_rate=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.dims = tuple(dims)
+        self.num_heads = tuple(num_heads)
+        self.depth = depth
+        self.qkv_bias = qkv_bias
+        self.attn_drop_rate = attn_drop_rate
+        self.proj_drop_rate = proj_drop_rate
+        self.drop_path_rate = drop_path_rate
+        dtype = self.dtype_policy
+        self.projs, self.fusion, self.revert_projs = [], [], []
+        for i in range(2):
+            j = 1 - i
+            self.projs.append(Projection(self.dims[j], name=f"projs_{i}", dtype=dtype))
+            self.fusion.append(
+                [
+                    CrossAttentionBlock(
+                        self.dims[j],
+                        self.num_heads[j],
+                        qkv_bias,
+                        attn_drop_rate,
+                        proj_drop_rate,
+                        drop_path_rate,
+                        name=f"cross_attn_{i}_{layer}",
+                        dtype=dtype,
+                    )
+                    for layer in range(depth)
+                ]
+            )
+            self.revert_projs.append(Projection(self.dims[i], name=f"revert_projs_{i}", dtype=dtype))
+
+    def build(self, input_shape):
+        shapes = [tuple(s) for s in input_shape]
+        for i in range(2):
+            j = 1 - i
+            self.projs[i].build((shapes[i][0], 1, self.dims[i]))
+            for block in self.fusion[i]:
+                block.build((shapes[j][0], shapes[j][1], self.dims[j]))
+            self.revert_projs[i].build((shapes[i][0], 1, self.dims[j]))
+
+    def call(self, inputs, training=None):
+        outputs = []
+        for i in range(2):
+            x_i, x_j = inputs[i], inputs[1 - i]
+            cls = self.projs[i](x_i[:, :1])  # f_i
+            y = ops.concatenate([cls, x_j[:, 1:]], axis=1)
+            for block in self.fusion[i]:
+                y = block(y, training=training)
+            outputs.append(ops.concatenate([self.revert_projs[i](y), x_i[:, 1:]], axis=1))  # g_i
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return [tuple(s) for s in input_shape]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dims": self.dims,
+            "num_heads": self.num_heads,
+            "depth": self.depth,
+            "qkv_bias": self.qkv_bias,
+            "attn_drop_rate": self.attn_drop_rate,
+            "proj_drop_rate": self.proj_drop_rate,
+            "drop_path_rate": self.drop_path_rate,
+        }

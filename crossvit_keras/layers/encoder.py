@@ -1,0 +1,108 @@
+"""The multi-scale transformer encoder (paper Fig. 2): one stage runs N encoder blocks on the
+small-patch branch and M on the large-patch branch, then fuses the branches. CrossViT stacks K
+such stages."""
+
+import keras
+
+from crossvit_keras.layers.base import register
+from crossvit_keras.layers.cross_attention import CrossAttentionFusion
+from crossvit_keras.layers.transformer import TransformerBlock
+
+# The fusion is one replaceable piece: the paper's Table 6 compares five schemes. Each takes
+# [tokens_small, tokens_large] and returns the two fused sequences.
+FUSIONS = {"cross_attention": CrossAttentionFusion}
+
+
+@register
+class MultiScaleEncoder(keras.layers.Layer):
+    """One stage: `depth` = (N, M, L) blocks in the small branch, the large branch and the fusion.
+
+    `drop_path_rates[k]` is the stochastic-depth rate of the k-th block of each branch; the fusion
+    takes the last one (as timm and the official code do)."""
+
+    def __init__(
+        self,
+        dims,
+        depth,
+        num_heads,
+        mlp_ratios,
+        drop_path_rates,
+        qkv_bias=True,
+        attn_drop_rate=0.0,
+        proj_drop_rate=0.0,
+        fusion="cross_attention",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if fusion not in FUSIONS:
+            raise ValueError(f"Unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}.")
+        self.dims = tuple(dims)
+        self.depth = tuple(depth)
+        self.num_heads = tuple(num_heads)
+        self.mlp_ratios = tuple(mlp_ratios)
+        self.drop_path_rates = tuple(drop_path_rates)
+        self.qkv_bias = qkv_bias
+        self.attn_drop_rate = attn_drop_rate
+        self.proj_drop_rate = proj_drop_rate
+        self.fusion_name = fusion
+        dtype = self.dtype_policy
+        self.blocks = [
+            [
+                TransformerBlock(
+                    self.dims[b],
+                    self.num_heads[b],
+                    self.mlp_ratios[b],
+                    qkv_bias,
+                    attn_drop_rate,
+                    proj_drop_rate,
+                    self.drop_path_rates[k],
+                    name=f"blocks_{b}_{k}",
+                    dtype=dtype,
+                )
+                for k in range(self.depth[b])
+            ]
+            for b in range(2)
+        ]
+        self.fusion = FUSIONS[fusion](
+            self.dims,
+            self.num_heads,
+            self.depth[2],
+            qkv_bias,
+            attn_drop_rate,
+            proj_drop_rate,
+            self.drop_path_rates[-1],
+            name="fusion",
+            dtype=dtype,
+        )
+
+    def build(self, input_shape):
+        shapes = [tuple(s) for s in input_shape]
+        for branch, shape in zip(self.blocks, shapes, strict=True):
+            for block in branch:
+                block.build(shape)
+        self.fusion.build(shapes)
+
+    def call(self, inputs, training=None):
+        outputs = []
+        for branch, x in zip(self.blocks, inputs, strict=True):
+            for block in branch:
+                x = block(x, training=training)
+            outputs.append(x)
+        return self.fusion(outputs, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return [tuple(s) for s in input_shape]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dims": self.dims,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratios": self.mlp_ratios,
+            "drop_path_rates": self.drop_path_rates,
+            "qkv_bias": self.qkv_bias,
+            "attn_drop_rate": self.attn_drop_rate,
+            "proj_drop_rate": self.proj_drop_rate,
+            "fusion": self.fusion_name,
+        }

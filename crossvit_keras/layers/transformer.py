@@ -1,0 +1,155 @@
+"""The transformer encoder block of both branches (ViT / DeiT / timm `Block`):
+
+    x = x + DropPath(MultiHeadSelfAttention(LayerNorm(x)))
+    x = x + DropPath(MLP(LayerNorm(x)))
+"""
+
+import keras
+from keras import ops
+
+from crossvit_keras.layers.base import dense, gelu, layer_norm, register
+
+
+def drop_path(rate, name, dtype):
+    """Stochastic depth: drops a sample's whole residual branch, scaling the kept ones by
+    1 / (1 - rate); a Dropout whose noise is shared by all tokens and channels of a sample."""
+    return keras.layers.Dropout(rate, noise_shape=(None, 1, 1), name=name, dtype=dtype)
+
+
+@register
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention with one fused qkv projection (timm's `Attention`)."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop_rate=0.0, proj_drop_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} does not divide the width dim={dim}.")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.qkv_bias = qkv_bias
+        self.attn_drop_rate = attn_drop_rate
+        self.proj_drop_rate = proj_drop_rate
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = dense(3 * dim, "qkv", self.dtype_policy, use_bias=qkv_bias)
+        self.attn_drop = keras.layers.Dropout(attn_drop_rate, name="attn_drop", dtype=self.dtype_policy)
+        self.proj = dense(dim, "proj", self.dtype_policy)
+        self.proj_drop = keras.layers.Dropout(proj_drop_rate, name="proj_drop", dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        self.qkv.build(input_shape)
+        self.proj.build(input_shape)
+
+    def call(self, x, training=None):
+        tokens = x.shape[1]
+        qkv = ops.reshape(self.qkv(x), (-1, tokens, 3, self.num_heads, self.head_dim))
+        q, k, v = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3)  # each (B, heads, N, head_dim)
+        attn = ops.softmax(ops.matmul(q * ops.cast(self.scale, q.dtype), ops.swapaxes(k, -1, -2)))
+        attn = self.attn_drop(attn, training=training)
+        x = ops.reshape(ops.transpose(ops.matmul(attn, v), (0, 2, 1, 3)), (-1, tokens, self.dim))
+        return self.proj_drop(self.proj(x), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "qkv_bias": self.qkv_bias,
+            "attn_drop_rate": self.attn_drop_rate,
+            "proj_drop_rate": self.proj_drop_rate,
+        }
+
+
+@register
+class MLP(keras.layers.Layer):
+    """Dense -> GELU -> Dropout -> Dense -> Dropout (timm's `Mlp`)."""
+
+    def __init__(self, dim, hidden_dim, drop_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.hidden_dim = hidden_dim
+        self.drop_rate = drop_rate
+        self.fc1 = dense(hidden_dim, "fc1", self.dtype_policy)
+        self.fc2 = dense(dim, "fc2", self.dtype_policy)
+        self.drop = keras.layers.Dropout(drop_rate, name="drop", dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        self.fc1.build(input_shape)
+        self.fc2.build((*input_shape[:-1], self.hidden_dim))
+
+    def call(self, x, training=None):
+        x = self.drop(gelu(self.fc1(x)), training=training)
+        return self.drop(self.fc2(x), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "hidden_dim": self.hidden_dim,
+            "drop_rate": self.drop_rate,
+        }
+
+
+@register
+class TransformerBlock(keras.layers.Layer):
+    """Pre-norm encoder block: self-attention and MLP, each with a residual and stochastic depth."""
+
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        attn_drop_rate=0.0,
+        proj_drop_rate=0.0,
+        drop_path_rate=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.qkv_bias = qkv_bias
+        self.attn_drop_rate = attn_drop_rate
+        self.proj_drop_rate = proj_drop_rate
+        self.drop_path_rate = drop_path_rate
+        dtype = self.dtype_policy
+        self.norm1 = layer_norm("norm1", dtype)
+        self.attn = MultiHeadSelfAttention(
+            dim, num_heads, qkv_bias, attn_drop_rate, proj_drop_rate, name="attn", dtype=dtype
+        )
+        self.norm2 = layer_norm("norm2", dtype)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), proj_drop_rate, name="mlp", dtype=dtype)
+        self.drop_path = drop_path(drop_path_rate, "drop_path", dtype)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        for layer in (self.norm1, self.attn, self.norm2, self.mlp):
+            layer.build(input_shape)
+
+    def call(self, x, training=None):
+        x = x + self.drop_path(self.attn(self.norm1(x), training=training), training=training)
+        return x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "qkv_bias": self.qkv_bias,
+            "attn_drop_rate": self.attn_drop_rate,
+            "proj_drop_rate": self.proj_drop_rate,
+            "drop_path_rate": self.drop_path_rate,
+        }

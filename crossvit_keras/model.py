@@ -1,0 +1,254 @@
+"""CrossViT (Chen, Fan, Panda, ICCV 2021), paper Fig. 2:
+
+    image -> [small branch: patch 12 | large branch: bicubic resize, patch 16]
+          -> CLS token + position embedding per branch
+          -> K x MultiScaleEncoder (N + M transformer blocks, then cross-attention fusion)
+          -> LayerNorm and a linear head on each branch's CLS token -> mean of the two logits
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from crossvit_keras import configs
+from crossvit_keras.layers import FUSIONS, ClassTokenPositionEmbedding, MultiScaleEncoder, PatchEmbedding
+from crossvit_keras.layers.base import dense, layer_norm, register
+from crossvit_keras.layers.resize import BicubicResize
+
+
+def drop_path_schedule(depths, rate):
+    """Per-stage stochastic-depth rates, exactly as timm and the official code compute them:
+    linspace(0, rate) over all blocks, each stage taking max(N, M) + L' of them, where L' is their
+    encoding of the fusion depth (0 for one cross-attention layer)."""
+    fusion = [0 if depth[2] == 1 else depth[2] for depth in depths]
+    total = sum(depth[1] + f for depth, f in zip(depths, fusion, strict=True))
+    rates = np.linspace(0.0, rate, total).tolist()
+    schedule, start = [], 0
+    for depth, f in zip(depths, fusion, strict=True):
+        count = max(depth[:2]) + f
+        schedule.append(tuple(rates[start : start + count]) or (0.0,))
+        start += count
+    return schedule
+
+
+@register
+class ClassifierHead(keras.layers.Layer):
+    """LayerNorm on each branch's CLS token, one linear head per branch, logits = their mean.
+    With num_classes = 0: the two normalised CLS tokens, concatenated (the features)."""
+
+    def __init__(self, dims, num_classes, drop_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.dims = tuple(dims)
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        dtype = self.dtype_policy
+        self.norms = [layer_norm(f"norm_{b}", dtype) for b in range(2)]
+        self.drop = keras.layers.Dropout(drop_rate, name="head_drop", dtype=dtype)
+        self.heads = [dense(num_classes, f"head_{b}", dtype) for b in range(2)] if num_classes else []
+
+    def build(self, input_shape):
+        for b, dim in enumerate(self.dims):
+            self.norms[b].build((input_shape[b][0], dim))
+            if self.heads:
+                self.heads[b].build((input_shape[b][0], dim))
+
+    def call(self, inputs, training=None):
+        # LayerNorm is per token, so normalising the CLS token alone equals timm's norm-then-select.
+        features = [self.drop(norm(x[:, 0]), training=training) for norm, x in zip(self.norms, inputs)]
+        if not self.heads:
+            return ops.concatenate(features, axis=-1)
+        return (self.heads[0](features[0]) + self.heads[1](features[1])) / 2
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], self.num_classes or sum(self.dims))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dims": self.dims,
+            "num_classes": self.num_classes,
+            "drop_rate": self.drop_rate,
+        }
+
+
+def _validate(image_sizes, patch_sizes, embed_dims, depths, num_heads, mlp_ratios, num_classes, fusion):
+    for name, value in (
+        ("image_sizes", image_sizes),
+        ("patch_sizes", patch_sizes),
+        ("embed_dims", embed_dims),
+        ("num_heads", num_heads),
+        ("mlp_ratios", mlp_ratios),
+    ):
+        if len(value) != 2:
+            raise ValueError(f"{name} needs one value per branch (2), got {value!r}.")
+    for size, patch in zip(image_sizes, patch_sizes, strict=True):
+        if size < patch or size % patch:
+            raise ValueError(
+                f"Branch image size {size} must be a positive multiple of its patch size {patch} "
+                f"(image_sizes={tuple(image_sizes)}, patch_sizes={tuple(patch_sizes)}); "
+                "e.g. image_size=240 gives (240, 224)."
+            )
+    for dim, heads in zip(embed_dims, num_heads, strict=True):
+        if heads < 1 or dim % heads:
+            raise ValueError(f"num_heads={heads} must divide the width {dim} (embed_dims={tuple(embed_dims)}).")
+    if not depths or any(len(d) != 3 or min(d) < 0 or d[2] < 1 for d in depths):
+        raise ValueError(
+            f"depths must be K >= 1 triples (N, M, L) with N, M >= 0 and L >= 1, got {depths!r}."
+        )
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0 (0 = no head), got {num_classes}.")
+    if fusion not in FUSIONS:
+        raise ValueError(f"Unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}.")
+
+
+@register
+class CrossViT(keras.Model):
+    """CrossViT as a Keras functional model.
+
+    Input: NHWC float images of size image_sizes[0], normalised with the ImageNet mean and std.
+    Output: float32 logits (num_classes), or with num_classes = 0 the two CLS features concatenated.
+    Build a released variant with `crossvit_keras.create_model(name)`."""
+
+    def __init__(
+        self,
+        image_sizes=configs.IMAGE_SIZES_240,
+        patch_sizes=(12, 16),
+        embed_dims=(192, 384),
+        depths=((1, 5, 1),) * 3,
+        num_heads=(6, 6),
+        mlp_ratios=(3.0, 3.0),
+        multi_conv=False,
+        qkv_bias=True,
+        num_classes=1000,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        proj_drop_rate=0.0,
+        drop_path_rate=0.0,
+        fusion="cross_attention",
+        name="crossvit",
+        dtype=None,
+        **kwargs,
+    ):
+        depths = tuple(tuple(int(v) for v in d) for d in depths)
+        _validate(image_sizes, patch_sizes, embed_dims, depths, num_heads, mlp_ratios, num_classes, fusion)
+        images = keras.Input((image_sizes[0], image_sizes[0], 3), name="images")
+        tokens = []
+        for b in range(2):
+            x = images
+            if image_sizes[b] != image_sizes[0]:
+                x = BicubicResize((image_sizes[b],) * 2, name=f"resize_{b}", dtype=dtype)(x)
+            patch_embed = PatchEmbedding(
+                patch_sizes[b], embed_dims[b], multi_conv, name=f"patch_embed_{b}", dtype=dtype
+            )
+            num_patches = patch_embed.grid_size(image_sizes[b]) ** 2
+            x = ClassTokenPositionEmbedding(num_patches, embed_dims[b], name=f"embed_{b}", dtype=dtype)(
+                patch_embed(x)
+            )
+            tokens.append(x)
+        for stage, (depth, rates) in enumerate(zip(depths, drop_path_schedule(depths, drop_path_rate))):
+            tokens = MultiScaleEncoder(
+                embed_dims,
+                depth,
+                num_heads,
+                mlp_ratios,
+                rates,
+                qkv_bias,
+                attn_drop_rate,
+                proj_drop_rate,
+                fusion,
+                name=f"stage_{stage}",
+                dtype=dtype,
+            )(tokens)
+        outputs = ClassifierHead(embed_dims, num_classes, drop_rate, name="head", dtype=dtype)(tokens)
+        # Logits in float32 under mixed precision, as Keras' mixed-precision guide asks.
+        outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(outputs)
+        super().__init__(inputs=images, outputs=outputs, name=name, **kwargs)
+
+        self.image_sizes = tuple(int(s) for s in image_sizes)
+        self.patch_sizes = tuple(patch_sizes)
+        self.embed_dims = tuple(embed_dims)
+        self.depths = depths
+        self.num_heads = tuple(num_heads)
+        self.mlp_ratios = tuple(mlp_ratios)
+        self.multi_conv = multi_conv
+        self.qkv_bias = qkv_bias
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.attn_drop_rate = attn_drop_rate
+        self.proj_drop_rate = proj_drop_rate
+        self.drop_path_rate = drop_path_rate
+        self.fusion = fusion
+        self.layer_dtype = dtype
+
+    @property
+    def image_size(self):
+        """The model's input size (the small branch's)."""
+        return self.image_sizes[0]
+
+    def call(self, inputs, training=None, mask=None):
+        check_images(inputs, self.image_size)
+        return super().call(inputs, training=training, mask=mask)
+
+    def get_config(self):
+        return {
+            "image_sizes": self.image_sizes,
+            "patch_sizes": self.patch_sizes,
+            "embed_dims": self.embed_dims,
+            "depths": self.depths,
+            "num_heads": self.num_heads,
+            "mlp_ratios": self.mlp_ratios,
+            "multi_conv": self.multi_conv,
+            "qkv_bias": self.qkv_bias,
+            "num_classes": self.num_classes,
+            "drop_rate": self.drop_rate,
+            "attn_drop_rate": self.attn_drop_rate,
+            "proj_drop_rate": self.proj_drop_rate,
+            "drop_path_rate": self.drop_path_rate,
+            "fusion": self.fusion,
+            "name": self.name,
+            "dtype": self.layer_dtype,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        if isinstance(config.get("dtype"), dict):
+            config = {**config, "dtype": keras.dtype_policies.deserialize(config["dtype"])}
+        return cls(**config)
+
+
+def check_images(images, image_size):
+    """A clear ValueError for a batch the model cannot take (before TensorFlow fails deep inside)."""
+    shape = tuple(images.shape)
+    expected = f"(batch, {image_size}, {image_size}, 3)"
+    if len(shape) != 4:
+        raise ValueError(f"CrossViT expects a batch of NHWC images {expected}, got rank {len(shape)} {shape}.")
+    if shape[-1] is not None and shape[-1] != 3:
+        raise ValueError(f"CrossViT expects 3 RGB channels {expected}, got {shape[-1]} channels {shape}.")
+    if any(s is not None and s != image_size for s in shape[1:3]):
+        raise ValueError(
+            f"CrossViT expects images {expected}, got {shape}; resize or crop to {image_size} px "
+            "(crossvit_keras.preprocessing.eval_transform) or build the model with image_size="
+            f"{shape[1]}."
+        )
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if "float" not in dtype:
+        raise ValueError(
+            f"CrossViT expects float images normalised with the ImageNet mean/std, got dtype {dtype}; "
+            "use crossvit_keras.preprocessing.normalize."
+        )
+
+
+def list_models():
+    """The 11 CrossViT variants, under timm's names."""
+    return list(configs.VARIANTS)
+
+
+def create_model(name, num_classes=1000, **overrides):
+    """A CrossViT variant by timm, paper or official name, e.g. `create_model("crossvit_15")`.
+
+    Overrides: image_size (the small branch's input; the large branch follows the variant's ratio),
+    image_sizes, embed_dims, depths, num_heads, mlp_ratios, multi_conv, qkv_bias, drop_rate,
+    attn_drop_rate, proj_drop_rate, drop_path_rate, fusion, dtype. num_classes=0 gives features."""
+    config = configs.resolve_config(name, num_classes=num_classes, **overrides)
+    return CrossViT(name=configs.canonical_name(name), **config)
