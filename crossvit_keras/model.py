@@ -1,9 +1,9 @@
 """CrossViT (Chen, Fan, Panda, ICCV 2021), paper Fig. 2:
 
-    image -> [small branch: patch 12 | large branch: bicubic resize, patch 16]
-          -> CLS token + position embedding per branch
-          -> K x MultiScaleEncoder (N + M transformer blocks, then cross-attention fusion)
-          -> LayerNorm and a linear head on each branch's CLS token -> mean of the two logits
+image -> [small branch: patch 12 | large branch: bicubic resize, patch 16]
+      -> CLS token + position embedding per branch
+      -> K x MultiScaleEncoder (N + M transformer blocks, then cross-attention fusion)
+      -> LayerNorm and a linear head on each branch's CLS token -> mean of the two logits
 """
 
 import keras
@@ -54,7 +54,7 @@ class ClassifierHead(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         # LayerNorm is per token, so normalising the CLS token alone equals timm's norm-then-select.
-        features = [self.drop(norm(x[:, 0]), training=training) for norm, x in zip(self.norms, inputs)]
+        features = [self.drop(norm(x[:, 0]), training=training) for norm, x in zip(self.norms, inputs, strict=True)]
         if not self.heads:
             return ops.concatenate(features, axis=-1)
         return (self.heads[0](features[0]) + self.heads[1](features[1])) / 2
@@ -92,9 +92,7 @@ def _validate(image_sizes, patch_sizes, embed_dims, depths, num_heads, mlp_ratio
         if heads < 1 or dim % heads:
             raise ValueError(f"num_heads={heads} must divide the width {dim} (embed_dims={tuple(embed_dims)}).")
     if not depths or any(len(d) != 3 or min(d) < 0 or d[2] < 1 for d in depths):
-        raise ValueError(
-            f"depths must be K >= 1 triples (N, M, L) with N, M >= 0 and L >= 1, got {depths!r}."
-        )
+        raise ValueError(f"depths must be K >= 1 triples (N, M, L) with N, M >= 0 and L >= 1, got {depths!r}.")
     if num_classes < 0:
         raise ValueError(f"num_classes must be >= 0 (0 = no head), got {num_classes}.")
     if fusion not in FUSIONS:
@@ -141,11 +139,9 @@ class CrossViT(keras.Model):
                 patch_sizes[b], embed_dims[b], multi_conv, name=f"patch_embed_{b}", dtype=dtype
             )
             num_patches = patch_embed.grid_size(image_sizes[b]) ** 2
-            x = ClassTokenPositionEmbedding(num_patches, embed_dims[b], name=f"embed_{b}", dtype=dtype)(
-                patch_embed(x)
-            )
+            x = ClassTokenPositionEmbedding(num_patches, embed_dims[b], name=f"embed_{b}", dtype=dtype)(patch_embed(x))
             tokens.append(x)
-        for stage, (depth, rates) in enumerate(zip(depths, drop_path_schedule(depths, drop_path_rate))):
+        for stage, (depth, rates) in enumerate(zip(depths, drop_path_schedule(depths, drop_path_rate), strict=True)):
             tokens = MultiScaleEncoder(
                 embed_dims,
                 depth,

@@ -26,8 +26,7 @@ class PatchEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         if multi_conv and patch_size not in MULTI_CONV_STEMS:
             raise ValueError(
-                f"multi_conv patch embedding exists for patch sizes {sorted(MULTI_CONV_STEMS)}, "
-                f"not {patch_size}."
+                f"multi_conv patch embedding exists for patch sizes {sorted(MULTI_CONV_STEMS)}, not {patch_size}."
             )
         if multi_conv and dim % 4:
             raise ValueError(f"multi_conv patch embedding needs a width divisible by 4, got {dim}.")
@@ -92,9 +91,7 @@ class ClassTokenPositionEmbedding(keras.layers.Layer):
     def build(self, input_shape):
         init = keras.initializers.TruncatedNormal(stddev=0.02)
         self.cls_token = self.add_weight(shape=(1, 1, self.dim), initializer=init, name="cls_token")
-        self.pos_embed = self.add_weight(
-            shape=(1, 1 + self.num_patches, self.dim), initializer=init, name="pos_embed"
-        )
+        self.pos_embed = self.add_weight(shape=(1, 1 + self.num_patches, self.dim), initializer=init, name="pos_embed")
 
     def call(self, patches):
         if patches.shape[1] is not None and patches.shape[1] != self.num_patches:

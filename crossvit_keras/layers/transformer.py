@@ -1,7 +1,7 @@
 """The transformer encoder block of both branches (ViT / DeiT / timm `Block`):
 
-    x = x + DropPath(MultiHeadSelfAttention(LayerNorm(x)))
-    x = x + DropPath(MLP(LayerNorm(x)))
+x = x + DropPath(MultiHeadSelfAttention(LayerNorm(x)))
+x = x + DropPath(MLP(LayerNorm(x)))
 """
 
 import keras

@@ -1,0 +1,132 @@
+"""Every custom layer rebuilds from its config; the layers compute what the paper says."""
+
+import keras
+import numpy as np
+import pytest
+from helpers import assert_layer_roundtrip, random_inputs
+
+import crossvit_keras  # noqa: F401  (registers the layers)
+from crossvit_keras import layers
+from crossvit_keras.model import ClassifierHead
+
+# One case per custom layer: (constructor, input shapes, call kwargs).
+CASES = {
+    "BicubicResize": (lambda: layers.BicubicResize((7, 5)), (2, 11, 9, 3), {}),
+    "PatchEmbedding": (lambda: layers.PatchEmbedding(16, 8), (2, 32, 32, 3), {}),
+    "PatchEmbedding_multi_conv_12": (lambda: layers.PatchEmbedding(12, 8, multi_conv=True), (2, 48, 48, 3), {}),
+    "PatchEmbedding_multi_conv_16": (lambda: layers.PatchEmbedding(16, 8, multi_conv=True), (2, 32, 32, 3), {}),
+    "ClassTokenPositionEmbedding": (lambda: layers.ClassTokenPositionEmbedding(4, 8), (2, 4, 8), {}),
+    "MultiHeadSelfAttention": (lambda: layers.MultiHeadSelfAttention(8, 2), (2, 5, 8), {}),
+    "MLP": (lambda: layers.MLP(8, 12), (2, 5, 8), {}),
+    "TransformerBlock": (lambda: layers.TransformerBlock(8, 2, 3.0, drop_path_rate=0.1), (2, 5, 8), {}),
+    "MultiHeadCrossAttention": (lambda: layers.MultiHeadCrossAttention(8, 2), (2, 5, 8), {}),
+    "CrossAttentionBlock": (lambda: layers.CrossAttentionBlock(8, 2, drop_path_rate=0.1), (2, 5, 8), {}),
+    "Projection": (lambda: layers.Projection(12), (2, 1, 8), {}),
+    "CrossAttentionFusion": (lambda: layers.CrossAttentionFusion((8, 12), (2, 3)), [(2, 5, 8), (2, 3, 12)], {}),
+    "CrossAttentionFusion_depth_2": (
+        lambda: layers.CrossAttentionFusion((8, 12), (2, 3), depth=2),
+        [(2, 5, 8), (2, 3, 12)],
+        {},
+    ),
+    "MultiScaleEncoder": (
+        lambda: layers.MultiScaleEncoder((8, 12), (1, 2, 1), (2, 3), (2.0, 2.0), (0.0, 0.1)),
+        [(2, 5, 8), (2, 3, 12)],
+        {},
+    ),
+    "ClassifierHead": (lambda: ClassifierHead((8, 12), 4), [(2, 5, 8), (2, 3, 12)], {}),
+    "ClassifierHead_features": (lambda: ClassifierHead((8, 12), 0), [(2, 5, 8), (2, 3, 12)], {}),
+}
+
+
+def test_every_registered_layer_has_a_roundtrip_case():
+    registered = {
+        key.split(">", 1)[1]
+        for key, obj in keras.saving.get_custom_objects().items()
+        if key.startswith("crossvit_keras>")
+        and isinstance(obj, type)
+        and issubclass(obj, keras.layers.Layer)
+        and not issubclass(obj, keras.Model)
+    }
+    covered = {name.split("_")[0] if name.split("_")[0] in registered else name for name in CASES}
+    assert registered <= covered, f"layers without a round-trip case: {sorted(registered - covered)}"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_layer_config_roundtrip(case):
+    make, shapes, kwargs = CASES[case]
+    layer = make()
+    outputs = assert_layer_roundtrip(layer, shapes, kwargs)
+    expected = layer.compute_output_shape(shapes)
+    actual = [tuple(o.shape) for o in keras.tree.flatten(outputs)]
+    expected = [tuple(expected)] if not isinstance(expected, list) else [tuple(e) for e in expected]
+    assert actual == expected
+
+
+def test_cross_attention_has_one_query_row_per_head():
+    """The CLS token is the only query: the map is 1 x (N + 1) per head (linear cost)."""
+    attention = layers.MultiHeadCrossAttention(dim=32, num_heads=4)
+    tokens = random_inputs((3, 17, 32))
+    out, scores = attention(tokens, return_attention_scores=True)
+    assert tuple(out.shape) == (3, 1, 32)
+    assert tuple(scores.shape) == (3, 4, 1, 17)
+    np.testing.assert_allclose(keras.ops.sum(scores, axis=-1), np.ones((3, 4, 1)), atol=1e-6)
+
+
+def test_cross_attention_matches_the_equations():
+    """softmax(q k^T / sqrt(d)) v with q from the CLS token alone, in NumPy, per head."""
+    dim, heads, tokens = 12, 3, 6
+    attention = layers.MultiHeadCrossAttention(dim, heads)
+    x = random_inputs((2, tokens, dim), seed=1)
+    out = keras.ops.convert_to_numpy(attention(x))
+    (wq, bq), (wk, bk), (wv, bv), (wp, bp) = (
+        (layer.kernel.numpy(), layer.bias.numpy())
+        for layer in (attention.wq, attention.wk, attention.wv, attention.proj)
+    )
+    d = dim // heads
+    q = (x[:, :1] @ wq + bq).reshape(2, 1, heads, d)
+    k = (x @ wk + bk).reshape(2, tokens, heads, d)
+    v = (x @ wv + bv).reshape(2, tokens, heads, d)
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = np.einsum("bhqk,bkhd->bqhd", weights, v).reshape(2, 1, dim) @ wp + bp
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_fusion_changes_only_the_cls_tokens():
+    fusion = layers.CrossAttentionFusion((8, 12), (2, 3))
+    small, large = random_inputs([(2, 5, 8), (2, 3, 12)])
+    out_small, out_large = fusion([small, large])
+    np.testing.assert_array_equal(out_small[:, 1:], small[:, 1:])
+    np.testing.assert_array_equal(out_large[:, 1:], large[:, 1:])
+    assert not np.allclose(out_small[:, :1], small[:, :1])
+    # The small branch's CLS token depends on the large branch's patches, and on nothing else of it.
+    other = large.copy()
+    other[:, 1:] += random_inputs(other[:, 1:].shape, seed=2)  # (a constant would vanish in LayerNorm)
+    assert not np.allclose(fusion([small, other])[0][:, :1], out_small[:, :1])
+    other = large.copy()
+    other[:, :1] += random_inputs(other[:, :1].shape, seed=3)
+    np.testing.assert_allclose(fusion([small, other])[0], out_small, atol=1e-6)
+
+
+def test_drop_path_is_off_at_inference_and_per_sample_in_training():
+    block = layers.TransformerBlock(8, 2, drop_path_rate=0.5)
+    x = random_inputs((64, 5, 8))
+    np.testing.assert_allclose(block(x), block(x, training=False), atol=0)
+    a, b = block(x, training=True), block(x, training=True)
+    assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: layers.MultiHeadSelfAttention(10, 3), "does not divide"),
+        (lambda: layers.MultiHeadCrossAttention(10, 4), "does not divide"),
+        (lambda: layers.PatchEmbedding(14, 8, multi_conv=True), "patch sizes"),
+        (lambda: layers.PatchEmbedding(12, 10, multi_conv=True), "divisible by 4"),
+        (lambda: layers.MultiScaleEncoder((8, 8), (1, 1, 1), (2, 2), (2, 2), (0,), fusion="sum"), "fusion"),
+    ],
+)
+def test_impossible_layer_arguments_fail_at_construction(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
