@@ -1,0 +1,347 @@
+"""Load the released CrossViT weights (timm's .safetensors, timm's or the official IBM/CrossViT
+.pth files) into the Keras model, strictly, and write a `.keras` file.
+
+    python -m crossvit_keras.convert --model crossvit_15_240 --checkpoint model.safetensors \\
+        --output crossvit_15.keras
+
+The mapping is plain: a timm key names a Keras weight path, e.g.
+
+    blocks.1.blocks.0.0.attn.qkv.weight  ->  stage_1/blocks_0_0/attn/qkv/kernel   (transposed)
+    blocks.1.fusion.0.attn.wq.weight     ->  stage_1/fusion/cross_attn_0_0/attn/wq/kernel
+    blocks.1.projs.0.0.weight            ->  stage_1/fusion/projs_0/norm/gamma   (f, its LayerNorm)
+    norm.0.weight / head.0.weight        ->  head/norm_0/gamma / head/head_0/kernel
+
+Loading is strict: every checkpoint tensor is used and every model weight is set. Two changes are
+allowed, and logged: another input size (position embeddings are resized bicubically over the
+patch grid, the CLS position kept) and another number of classes (both heads stay freshly
+initialised, for fine-tuning).
+"""
+
+import argparse
+import logging
+import os
+import re
+import tempfile
+
+import numpy as np
+
+from crossvit_keras import configs
+from crossvit_keras.layers.resize import bicubic_matrix
+
+logger = logging.getLogger("crossvit_keras.convert")
+
+TORCH_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+
+# timm key prefix -> Keras layer path (applied in order, first match wins).
+_PREFIX_RULES = [
+    (r"^pos_embed_(\d)$", r"embed_\1/pos_embed"),
+    (r"^cls_token_(\d)$", r"embed_\1/cls_token"),
+    (r"^patch_embed\.(\d)\.proj\.(weight|bias)$", r"patch_embed_\1/conv_0.\2"),
+    (r"^patch_embed\.(\d)\.proj\.([024])\.", lambda m: f"patch_embed_{m[1]}/conv_{int(m[2]) // 2}."),
+    (r"^blocks\.(\d+)\.blocks\.(\d)\.(\d+)\.", r"stage_\1/blocks_\2_\3."),
+    (r"^blocks\.(\d+)\.projs\.(\d)\.0\.", r"stage_\1/fusion/projs_\2/norm."),
+    (r"^blocks\.(\d+)\.projs\.(\d)\.2\.", r"stage_\1/fusion/projs_\2/fc."),
+    (r"^blocks\.(\d+)\.revert_projs\.(\d)\.0\.", r"stage_\1/fusion/revert_projs_\2/norm."),
+    (r"^blocks\.(\d+)\.revert_projs\.(\d)\.2\.", r"stage_\1/fusion/revert_projs_\2/fc."),
+    # timm encodes one cross-attention layer without an index (fusion.0.norm1), several with one.
+    (r"^blocks\.(\d+)\.fusion\.(\d)\.(\d+)\.", r"stage_\1/fusion/cross_attn_\2_\3."),
+    (r"^blocks\.(\d+)\.fusion\.(\d)\.", r"stage_\1/fusion/cross_attn_\2_0."),
+    (r"^norm\.(\d)\.", r"head/norm_\1."),
+    (r"^head\.(\d)\.", r"head/head_\1."),
+]
+# Keras leaf names for a PyTorch parameter, by the kind of layer it belongs to.
+_LEAVES = {"weight": ("kernel", "gamma"), "bias": ("bias", "beta")}
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot be loaded into the model; the message lists every problem."""
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def load_checkpoint(path):
+    """The state dict of a .safetensors, .pth, .pt or .bin file as {timm key: float32 ndarray}.
+
+    Accepts the official key names (pos_embed.0, cls_token.0), DDP's `module.` prefix and state
+    dicts wrapped in {"model": ...} or {"state_dict": ...}."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint file at {path}.")
+    if path.endswith(".safetensors"):
+        state_dict = _read_safetensors(path)
+    elif path.endswith((".pth", ".pt", ".bin", ".pth.tar")):
+        state_dict = _read_torch(path)
+    else:
+        raise CheckpointError(f"{path}: unknown checkpoint format; expected .safetensors, .pth, .pt or .bin.")
+    return normalize_keys(state_dict)
+
+
+def _read_safetensors(path):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable .safetensors checkpoint (truncated?): {error}") from error
+
+
+def _read_torch(path):
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            f"Reading the PyTorch file {path} needs torch, which crossvit_keras does not require. "
+            f"Install it with `{TORCH_INSTALL}`, or convert the .safetensors file from the model hub instead."
+        ) from error
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated?): {error}") from error
+    for wrapper in ("model", "state_dict", "model_state"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
+            checkpoint = checkpoint[wrapper]
+            break
+    if not isinstance(checkpoint, dict) or not all(hasattr(v, "numpy") for v in checkpoint.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors.")
+    return {key: value.detach().float().cpu().numpy() for key, value in checkpoint.items()}
+
+
+def normalize_keys(state_dict):
+    """Official / DDP key names -> timm's: `module.` dropped, `pos_embed.0` -> `pos_embed_0`."""
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state_dict.get(wrapper), dict):
+            state_dict = state_dict[wrapper]
+    result = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        key = re.sub(r"^(pos_embed|cls_token)\.(\d)$", r"\1_\2", key)
+        result[key] = np.asarray(value, dtype=np.float32)
+    return result
+
+
+# ----------------------------------------------------------------------------- mapping
+
+
+def keras_path(key):
+    """The Keras layer path and PyTorch leaf of a timm key: ("stage_0/blocks_0_0/attn/qkv", "weight")."""
+    for pattern, replacement in _PREFIX_RULES:
+        new, count = re.subn(pattern, replacement, key)
+        if count:
+            if "." not in new:  # the CLS token and position embedding map to a full path
+                return new, None
+            prefix, leaf = new.rsplit(".", 1)
+            return prefix.replace(".", "/"), leaf
+    return None, None
+
+
+def to_keras_layout(value):
+    """PyTorch layout -> Keras layout: Linear (out, in) -> (in, out); Conv OIHW -> HWIO."""
+    if value.ndim == 2:
+        return value.T
+    if value.ndim == 4:
+        return value.transpose(2, 3, 1, 0)
+    return value
+
+
+def resize_pos_embed(pos_embed, num_patches):
+    """(1, 1 + n*n, D) -> (1, 1 + m*m, D): the CLS position kept, the n x n grid resized with
+    PyTorch's bicubic (as the paper's 384 fine-tuning does)."""
+    old = int(round((pos_embed.shape[1] - 1) ** 0.5))
+    new = int(round(num_patches**0.5))
+    if old * old != pos_embed.shape[1] - 1 or new * new != num_patches:
+        raise CheckpointError(f"cannot resize a non-square position embedding {pos_embed.shape} to {num_patches}")
+    matrix = bicubic_matrix(old, new)
+    grid = pos_embed[0, 1:].reshape(old, old, -1).astype(np.float64)
+    grid = np.einsum("ih,hwc,jw->ijc", matrix, grid, matrix)
+    return np.concatenate([pos_embed[:, :1], grid.reshape(1, new * new, -1).astype(np.float32)], axis=1)
+
+
+def load_weights(model, checkpoint, log=None):
+    """Loads a timm / official state dict (or a checkpoint path) into a CrossViT, strictly.
+
+    Raises CheckpointError listing every unexpected, missing or mis-shaped tensor. Another input
+    size resizes the position embeddings; another number of classes keeps the heads freshly
+    initialised. Both are logged. Returns the list of those log messages."""
+    log = log or logger.info
+    state_dict = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    state_dict = normalize_keys(state_dict)
+    weights = {w.path: w for w in model.weights}
+    assigned, values, messages = set(), {}, []
+    unexpected, mismatched, heads = [], [], []
+
+    for key, value in state_dict.items():
+        prefix, leaf = keras_path(key)
+        if prefix is None:
+            unexpected.append(key)
+            continue
+        if leaf is None:
+            path = prefix
+        else:
+            candidates = [f"{prefix}/{name}" for name in _LEAVES.get(leaf, ())]
+            path = next((c for c in candidates if c in weights), candidates[0] if candidates else prefix)
+        if path not in weights:
+            if re.match(r"^head/head_\d/", path) and model.num_classes == 0:
+                heads.append(key)  # a features-only model has no heads
+                continue
+            unexpected.append(key)
+            continue
+        value = to_keras_layout(value)
+        target = tuple(weights[path].shape)
+        if value.shape != target:
+            if path.endswith("/pos_embed") and value.shape[2] == target[2]:
+                value = resize_pos_embed(value, target[1] - 1)
+                messages.append(f"{key}: position embedding resized {state_dict[key].shape} -> {target} (bicubic)")
+            elif re.match(r"^head/head_\d/", path) and value.shape[-1] != target[-1]:
+                heads.append(key)
+                assigned.add(path)  # deliberately left at its fresh initialisation
+                continue
+            else:
+                mismatched.append(f"{key} {tuple(state_dict[key].shape)} -> {path} {target}")
+                continue
+        values[path] = value
+        assigned.add(path)
+
+    missing = [path for path in weights if path not in assigned]
+    if unexpected or missing or mismatched:
+        raise CheckpointError(_mismatch_report(model, state_dict, unexpected, missing, mismatched))
+    for path, value in values.items():
+        weights[path].assign(value)
+    if heads:
+        classes = next(state_dict[k].shape[0] for k in heads if k.endswith(".weight"))
+        messages.append(
+            f"heads not loaded: the checkpoint has {classes} classes, the model {model.num_classes}; "
+            "both heads keep their fresh initialisation (fine-tuning)"
+        )
+    for message in messages:
+        log(message)
+    return messages
+
+
+def _mismatch_report(model, state_dict, unexpected, missing, mismatched):
+    lines = [f"The checkpoint does not fit model {model.name!r}."]
+    guess = guess_variant(state_dict)
+    if guess and configs.canonical_name(guess) != model.name:
+        lines.append(f"Its shapes are those of {guess!r}: pass --model {guess}.")
+    for title, items in (
+        ("unexpected checkpoint tensors", unexpected),
+        ("model weights the checkpoint lacks", missing),
+        ("shape mismatches", mismatched),
+    ):
+        if items:
+            lines.append(f"{len(items)} {title}:")
+            lines.extend(f"  {item}" for item in items)
+    return "\n".join(lines)
+
+
+def guess_variant(state_dict):
+    """The variant whose table entry matches the checkpoint's widths, depths and stem, or None."""
+    try:
+        dims = tuple(state_dict[f"cls_token_{b}"].shape[-1] for b in range(2))
+        large_depth = len({k.split(".")[4] for k in state_dict if k.startswith("blocks.0.blocks.1.")})
+        multi_conv = "patch_embed.0.proj.0.weight" in state_dict
+        hidden = state_dict["blocks.0.blocks.0.0.mlp.fc1.weight"].shape[0]
+        tokens = state_dict["pos_embed_0"].shape[1] - 1
+    except KeyError:
+        return None
+    for name, variant in configs.VARIANTS.items():
+        size = variant["image_sizes"][0] // variant["patch_sizes"][0]
+        if (
+            variant["embed_dims"] == dims
+            and variant["depths"][0][1] == large_depth
+            and variant["multi_conv"] == multi_conv
+            and int(dims[0] * variant["mlp_ratios"][0]) == hidden
+            and size * size == tokens
+        ):
+            return name
+    return None
+
+
+# ----------------------------------------------------------------------------- timm configs
+
+
+def config_from_timm(img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, img_scale=(1.0, 1.0), **kwargs):
+    """CrossViT constructor arguments from timm `CrossVit(...)` arguments (for custom configs).
+
+    timm writes one cross-attention layer as L = 0 in `depth`; the paper (and this package) as 1."""
+    img_size = img_size if isinstance(img_size, int) else img_size[0]
+    config = {
+        "image_sizes": tuple(int(img_size * s) for s in img_scale),
+        "patch_sizes": tuple(patch_size),
+        "embed_dims": tuple(embed_dim),
+        "depths": tuple((n, m, max(1, fusion)) for n, m, fusion in depth),
+        "num_heads": tuple(num_heads),
+        "mlp_ratios": tuple(mlp_ratio[:2]),
+    }
+    renames = {
+        "multi_conv": "multi_conv",
+        "qkv_bias": "qkv_bias",
+        "num_classes": "num_classes",
+        "drop_rate": "drop_rate",
+        "attn_drop_rate": "attn_drop_rate",
+        "proj_drop_rate": "proj_drop_rate",
+        "drop_path_rate": "drop_path_rate",
+    }
+    unknown = sorted(set(kwargs) - set(renames))
+    if unknown:
+        raise ValueError(f"timm arguments without a Keras counterpart: {unknown}")
+    config.update({renames[k]: v for k, v in kwargs.items()})
+    return config
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def convert(model_name, checkpoint, output, num_classes=None, image_size=None, log=None):
+    """Builds `model_name`, loads `checkpoint` strictly and saves a `.keras` file atomically.
+
+    num_classes defaults to the checkpoint's; image_size to the variant's."""
+    from crossvit_keras.model import create_model
+
+    log = log or logger.info
+    output = os.fspath(output)
+    if not output.endswith(".keras"):
+        raise ValueError(f"The output must be a .keras file, got {output}.")
+    state_dict = load_checkpoint(checkpoint)
+    if num_classes is None:
+        head = state_dict.get("head.0.weight")
+        num_classes = 0 if head is None else int(head.shape[0])
+    overrides = {} if image_size is None else {"image_size": image_size}
+    model = create_model(model_name, num_classes=num_classes, **overrides)
+    load_weights(model, state_dict, log=log)
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".keras", dir=directory, prefix=".converting-")
+    os.close(handle)
+    try:
+        model.save(temporary)
+        os.replace(temporary, output)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    log(f"wrote {output} ({model.name}, {model.count_params():,} parameters, {num_classes} classes)")
+    return model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m crossvit_keras.convert",
+        description="Convert a released CrossViT checkpoint (timm .safetensors or .pth, official .pth) to .keras.",
+    )
+    parser.add_argument("--model", required=True, help="variant, e.g. crossvit_15_240 (paper names work too)")
+    parser.add_argument("--checkpoint", required=True, help=".safetensors, .pth, .pt or .bin file")
+    parser.add_argument("--output", required=True, help="the .keras file to write")
+    parser.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's (new heads if not)")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the variant's (pos_embed resized)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        configs.canonical_name(args.model)
+        convert(args.model, args.checkpoint, args.output, args.num_classes, args.image_size)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        parser.exit(1, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()
