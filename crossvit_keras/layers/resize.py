@@ -31,8 +31,10 @@ def _cubic_weights(t):
 
 def bicubic_matrix(in_size, out_size):
     """(out_size, in_size) float64 matrix M with M @ signal == PyTorch's 1-D bicubic resize."""
-    scale = in_size / out_size
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5  # not clamped for cubic
+    # PyTorch computes the source coordinate in float32, scale * (i + 0.5) - 0.5 rounded once (a
+    # fused multiply-add); not clamped at 0 for cubic. Doing the same matches it to ~1e-6.
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = (np.float64(scale) * (np.arange(out_size) + 0.5) - 0.5).astype(np.float32)
     first = np.floor(src)
     weights = _cubic_weights(src - first)
     matrix = np.zeros((out_size, in_size), dtype=np.float64)
