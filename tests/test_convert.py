@@ -59,7 +59,7 @@ def assert_parity(actual, expected):
     assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
-@pytest.mark.parametrize("name", [n for n in PARITY if n != "reduced_nonsquare"])
+@pytest.mark.parametrize("name", PARITY)
 def test_logits_equal_timm(name, tmp_path):
     fixture, state_dict, images = golden(name)
     model = keras_model_for(fixture)

@@ -125,15 +125,15 @@ REDUCED = {
         depth=[[1, 2, 0], [1, 2, 0]], num_heads=[2, 2], mlp_ratio=[2.0, 2.0, 1.0], num_classes=7,
         multi_conv=True,
     ),
-    # Non-square input (48x72 -> 4x6 and 32x48 -> 2x3 patches), K = 3 encoders, different head
-    # counts (fusion into branch j uses num_heads[j]) and mlp ratios per branch.
-    "parity_reduced_nonsquare": dict(
-        img_size=[48, 72], img_scale=[1.0, 32 / 48], patch_size=[12, 16], embed_dim=[16, 24],
+    # K = 3 encoders, different head counts (fusion into branch j uses num_heads[j]) and mlp
+    # ratios per branch. (crossvit_keras takes square images only, as the paper does.)
+    "parity_reduced_mixed": dict(
+        img_size=[48, 48], img_scale=[1.0, 32 / 48], patch_size=[12, 16], embed_dim=[16, 24],
         depth=[[1, 2, 0], [1, 2, 0], [1, 2, 0]], num_heads=[2, 4], mlp_ratio=[2.0, 3.0, 1.0],
         num_classes=5,
     ),
 }
-REDUCED_SEEDS = {"parity_reduced": 0, "parity_reduced_multiconv": 1, "parity_reduced_nonsquare": 2}
+REDUCED_SEEDS = {"parity_reduced": 0, "parity_reduced_multiconv": 1, "parity_reduced_mixed": 2}
 FULL_PARITY = {"crossvit_9_240": 3, "crossvit_9_dagger_240": 4}
 
 # Bicubic resize cases: (batch, in_h, in_w, channels, out_h, out_w). Inputs are N(0,1) rounded to
