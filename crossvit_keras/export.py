@@ -1,0 +1,295 @@
+"""Export a classifier to a TensorFlow SavedModel for TF Serving.
+
+    python -m crossvit_keras.export --model crossvit_15.keras --output models/crossvit_15/1
+
+The SavedModel needs TensorFlow only (no Keras, no crossvit_keras) and has two signatures, both
+running the evaluation transform (crossvit_keras.preprocessing.eval_transform) and the model in
+the graph:
+
+- `serving_default`: input `images`, float32 [batch, height, width, 3], RGB in [0, 255], any size;
+- `serving_bytes`: input `image_bytes`, string [batch], encoded JPEG/PNG/GIF/BMP/WebP images
+  (the `_bytes` suffix makes TF Serving's REST API take `{"b64": ...}`).
+
+Outputs: `probabilities` [batch, classes] (softmax of the float32 logits), `top_k_indices` and
+`top_k_probabilities` [batch, k], and `top_k_names` [batch, k] when the class names are known.
+Bad input (wrong rank or channel count, bytes that are not an image) fails in the graph with an
+InvalidArgument error that says what is wrong.
+"""
+
+import argparse
+import ast
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from crossvit_keras.preprocessing import DEFAULT_CROP_PCT, eval_transform
+
+IMAGES_SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "serving_bytes"
+TOP_K = 5
+
+# The first bytes of the formats tf.io.decode_image reads (besides JPEG: tf.io.is_jpeg).
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def read_class_names(path):
+    """Class names from a text file, one per line in class-index order (blank lines skipped)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    except OSError as error:
+        raise ValueError(f"Cannot read the class names file {path}: {error.strerror}.") from None
+    if not names:
+        raise ValueError(f"The class names file {path} is empty; it needs one name per line.")
+    return names
+
+
+def imagenet_class_names():
+    """The 1000 ImageNet-1k class names in the standard (timm / torchvision) class order, read
+    offline from the list tensorflow-datasets ships; None if tensorflow-datasets is not installed."""
+    spec = importlib.util.find_spec("tensorflow_datasets")  # finds it without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "siscore", "labels.py")
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["IMAGENET_LABELS_LIST"]:
+            names = ast.literal_eval(node.value)
+            if len(names) == 1000 and names[0].startswith("tench"):
+                return names
+    return None
+
+
+def default_class_names(num_classes):
+    """ImageNet names for a 1000-class model (if available offline), otherwise None."""
+    return imagenet_class_names() if num_classes == 1000 else None
+
+
+def model_image_size(model):
+    """The square input size of an image classifier (CrossViT's `image_size`, else its input shape)."""
+    shape = tuple(model.input_shape)
+    size = getattr(model, "image_size", None) or shape[1]
+    if len(shape) != 4 or shape[1:] != (size, size, 3):
+        raise ValueError(f"Expected an image classifier taking (batch, size, size, 3) images, got input shape {shape}.")
+    return size
+
+
+def model_num_classes(model):
+    shape = tuple(model.output_shape)
+    if len(shape) != 2 or not shape[1]:
+        raise ValueError(f"Expected a classifier returning (batch, classes) logits, got output shape {shape}.")
+    if getattr(model, "num_classes", None) == 0:
+        raise ValueError("The model has no classification head (num_classes=0); export a classifier.")
+    return shape[1]
+
+
+def _assert(condition, template, *tensors):
+    """tf.debugging.Assert (an InvalidArgument error) with a message; `{}` in it shows the tensors."""
+    return tf.debugging.Assert(condition, [tf.strings.format(template, tensors, summarize=8)])
+
+
+def _checked_images(images):
+    """`images` of any rank -> [batch, height, width, 3], after asserting it is one.
+
+    The rank-4 static shape comes from a reshape, not set_shape or ensure_shape: those would let
+    Grappler infer the input's rank, fold the checks away and fail later with an obscure error."""
+    shape = tf.shape(images)
+    rank_ok = _assert(
+        tf.equal(tf.size(shape), 4),
+        "`images` must be a batch of RGB images, rank 4 [batch, height, width, 3]; got shape {}",
+        shape,
+    )
+    with tf.control_dependencies([rank_ok]):
+        shape = tf.identity(shape)
+    checks = [
+        _assert(tf.equal(shape[3], 3), "`images` must have 3 channels (RGB) in the last axis; got shape {}", shape),
+        _assert(tf.reduce_all(shape[1:3] > 0), "`images` must be at least 1 x 1 pixels; got shape {}", shape),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.reshape(images, tf.stack([shape[0], shape[1], shape[2], 3]))
+
+
+def _is_image(data):
+    """Whether a string scalar starts like an image tf.io.decode_image can read."""
+    head = tf.strings.substr(data, 0, 12) + b"\0" * 12  # padded: substr fails past the end
+    found = [tf.io.is_jpeg(data)]
+    found += [tf.equal(tf.strings.substr(head, 0, len(magic)), magic) for magic in _IMAGE_MAGIC]
+    webp = tf.logical_and(
+        tf.equal(tf.strings.substr(head, 0, 4), b"RIFF"), tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")
+    )
+    return tf.reduce_any(tf.stack([*found, webp]))
+
+
+def _serving_functions(model, image_size, class_names, top_k, crop_pct):
+    """The two signature functions: raw pixels and encoded images."""
+    names = None if class_names is None else tf.constant(list(class_names))
+
+    # The model traced once, as one concrete function both signatures call (Keras and the SavedModel
+    # writer trace each endpoint several times; retracing the model each time is slow).
+    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
+    def logits_fn(images):
+        return tf.cast(model(images, training=False), tf.float32)  # float32 under mixed precision too
+
+    logits_fn = logits_fn.get_concrete_function()
+
+    def classify(images):
+        probabilities = tf.nn.softmax(logits_fn(images), axis=-1)
+        top_probabilities, top_indices = tf.math.top_k(probabilities, k=top_k)
+        outputs = {
+            "probabilities": probabilities,
+            "top_k_indices": top_indices,
+            "top_k_probabilities": top_probabilities,
+        }
+        if names is not None:
+            outputs["top_k_names"] = tf.gather(names, top_indices)
+        return outputs
+
+    def serve_images(images):
+        images = eval_transform(_checked_images(images), image_size, crop_pct)
+        return classify(tf.ensure_shape(images, [None, image_size, image_size, 3]))
+
+    def serve_bytes(image_bytes):
+        def decode(element):
+            data, index = element
+            ok = _assert(
+                _is_image(data),
+                "image_bytes[{}] is not an encoded JPEG, PNG, GIF, BMP or WebP image (it starts with {})",
+                index,
+                tf.strings.substr(data, 0, 16),
+            )
+            with tf.control_dependencies([ok]):
+                image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            return eval_transform(image, image_size, crop_pct)
+
+        indices = tf.range(tf.shape(image_bytes)[0])
+        images = tf.map_fn(
+            decode,
+            (image_bytes, indices),
+            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
+        )
+        return classify(images)
+
+    return serve_images, serve_bytes
+
+
+def export_saved_model(model, path, class_names=None, *, top_k=TOP_K, crop_pct=DEFAULT_CROP_PCT, overwrite=False):
+    """Write `model` (a Keras image classifier, e.g. a CrossViT) as a SavedModel for TF Serving.
+
+    path: the SavedModel directory; for TF Serving a numbered version, e.g. models/crossvit_15/1.
+    class_names: one name per class (adds the `top_k_names` output), or None.
+    The SavedModel is written to a hidden temporary directory beside `path` and renamed into place,
+    so neither a reader nor TF Serving (which ignores non-numeric names) sees it half-written.
+    Returns the path."""
+    image_size = model_image_size(model)
+    num_classes = model_num_classes(model)
+    if class_names is not None:
+        class_names = [str(name) for name in class_names]
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"{len(class_names)} class names given for a model with {num_classes} classes; "
+                "give one name per class, in class-index order."
+            )
+    top_k = min(int(top_k), num_classes)
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(
+            f"{path} exists; export to a new version directory (TF Serving serves the highest number) "
+            "or pass overwrite=True (--overwrite)."
+        )
+
+    serve_images, serve_bytes = _serving_functions(model, image_size, class_names, top_k, crop_pct)
+    archive = keras.export.ExportArchive()  # tracks the variables the endpoints use
+    # Unknown rank, so that a wrong rank reaches the graph's check instead of failing signature matching.
+    archive.add_endpoint(
+        IMAGES_SIGNATURE, serve_images, input_signature=[tf.TensorSpec(None, tf.float32, name="images")]
+    )
+    archive.add_endpoint(
+        BYTES_SIGNATURE, serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+    )
+
+    parent, base = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    try:
+        archive.write_out(staging, verbose=False)
+        os.chmod(staging, 0o755)  # mkdtemp made it private; the server may run as another user
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+            os.replace(path, os.path.join(old, base))
+            os.replace(staging, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def load_keras_model(path):
+    """A .keras model saved with crossvit_keras (its layers registered by importing the package)."""
+    import crossvit_keras  # noqa: F401  (registers CrossViT's classes for deserialisation)
+
+    if not os.path.isfile(path):
+        raise ValueError(f"Model file {path} not found; give a .keras file saved with model.save().")
+    return keras.saving.load_model(path)
+
+
+def resolve_class_names(class_names_file, num_classes):
+    """(names or None, a note saying where they come from) for the command-line tools."""
+    if class_names_file:
+        names = read_class_names(class_names_file)
+        if len(names) != num_classes:
+            raise ValueError(f"{class_names_file} has {len(names)} names but the model has {num_classes} classes.")
+        return names, f"class names from {class_names_file}"
+    names = default_class_names(num_classes)
+    if names is not None:
+        return names, "ImageNet-1k class names (from tensorflow-datasets)"
+    if num_classes == 1000:
+        return None, "no class names: ImageNet names are not available offline (install tensorflow-datasets)"
+    return None, f"no class names for {num_classes} classes (pass --class-names FILE)"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m crossvit_keras.export",
+        description="Export a .keras image classifier to a SavedModel for TF Serving "
+        "(signatures serving_default: float images, serving_bytes: encoded images).",
+    )
+    parser.add_argument("--model", required=True, help="a .keras model file")
+    parser.add_argument(
+        "--output", required=True, help="SavedModel directory, a numbered version: models/crossvit_15/1"
+    )
+    parser.add_argument(
+        "--class-names",
+        help="text file, one class name per line (default: ImageNet names for 1000 classes)",
+    )
+    parser.add_argument("--top-k", type=int, default=TOP_K, help="number of top classes returned (default 5)")
+    parser.add_argument("--crop-pct", type=float, default=DEFAULT_CROP_PCT, help="evaluation crop (0.875)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    args = parser.parse_args(argv)
+    try:
+        model = load_keras_model(args.model)
+        names, note = resolve_class_names(args.class_names, model_num_classes(model))
+        path = export_saved_model(
+            model, args.output, names, top_k=args.top_k, crop_pct=args.crop_pct, overwrite=args.overwrite
+        )
+    except (ValueError, FileExistsError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"Exported {args.model} to {path} ({note}).")
+    print(f"Signatures: {IMAGES_SIGNATURE} (input `images`), {BYTES_SIGNATURE} (input `image_bytes`).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
