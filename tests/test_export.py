@@ -201,7 +201,7 @@ sys.exit(main())
 """
 
 
-def test_saved_model_cli_runs_the_serving_default_signature_def(converted, exported, tmp_path):
+def test_saved_model_cli_runs_both_signature_defs(converted, exported, tmp_path):
     image = data.chelsea()[::6, ::6]  # a small real image, given inline as TF Serving's JSON would be
     literal = json.dumps(image.astype(float)[None].tolist())
     run = ["run", "--dir", exported, "--tag_set", "serve", "--signature_def", "serving_default"]
@@ -212,6 +212,15 @@ def test_saved_model_cli_runs_the_serving_default_signature_def(converted, expor
     assert np.load(tmp_path / "out" / "top_k_indices.npy")[0, 0] == expected.argmax()
     names = np.load(tmp_path / "out" / "top_k_names.npy", allow_pickle=True)[0]
     assert names[0].decode() == CLASS_NAMES[expected.argmax()]
+
+    # serving_bytes, as TF Serving's REST API feeds it after decoding {"b64": ...}.
+    jpeg = tf.io.encode_jpeg(data.astronaut()).numpy()
+    np.save(tmp_path / "bytes.npy", np.array([jpeg]))  # dtype S: no pickle; a JPEG ends in FFD9, not NUL
+    run_bytes = [*run[:-1], "serving_bytes", "--inputs", "image_bytes=bytes.npy", "--outdir", "out_bytes"]
+    result = run_isolated(SAVED_MODEL_CLI, *run_bytes, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = keras_probabilities(converted, tf.io.decode_jpeg(jpeg).numpy())
+    np.testing.assert_allclose(np.load(tmp_path / "out_bytes" / "probabilities.npy")[0], expected, atol=1e-5)
 
     result = run_isolated(SAVED_MODEL_CLI, *run, "--input_exprs", "images=[[[1.0, 2.0, 3.0]]]", cwd=tmp_path)
     assert result.returncode != 0
