@@ -1,0 +1,19 @@
+"""Train or evaluate CrossViT with DeiT's recipe (paper Table 9) under tf.distribute.
+
+    python recipes/imagenet.py --data-set IMNET --data-path /data/imagenet --strategy mirrored
+    python recipes/imagenet.py --eval --resume runs/crossvit_15_240/model.keras --data-path /data/imagenet
+
+All flags: `python recipes/imagenet.py --help`; the work is done by crossvit_keras.training.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from crossvit_keras import training  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(training.main())
