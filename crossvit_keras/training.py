@@ -548,8 +548,13 @@ def _distribution_settings(args, strategy):
 
 
 def _describe_strategy(strategy):
-    devices = ", ".join(strategy.extended.worker_devices)
-    return f"{type(strategy).__name__} over {devices}"
+    try:
+        devices = ", ".join(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy: TensorFlow's own device placement
+        return "default strategy, one replica"
+    workers = getattr(getattr(strategy, "cluster_resolver", None), "cluster_spec", lambda: None)()
+    count = len(workers.job_tasks("worker")) if workers and "worker" in workers.jobs else 1
+    return f"{type(strategy).__name__} over {devices}" + (f" on each of {count} workers" if count > 1 else "")
 
 
 class Run:
