@@ -164,66 +164,83 @@ def load_weights(model, checkpoint, log=None):
     Raises CheckpointError listing every unexpected, missing or mis-shaped tensor. Another input
     size resizes the position embeddings; another number of classes keeps the heads freshly
     initialised. Both are logged. Returns the list of those log messages."""
-    log = log or logger.info
     state_dict = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     state_dict = normalize_keys(state_dict)
-    weights = {w.path: w for w in model.weights}
-    assigned, values, messages = set(), {}, []
-    unexpected, mismatched, heads = [], [], []
-
+    paths = {w.path for w in model.weights}
+    values, names, unexpected = {}, {}, []
     for key, value in state_dict.items():
         prefix, leaf = keras_path(key)
         if prefix is None:
             unexpected.append(key)
             continue
-        if leaf is None:
-            path = prefix
-        else:
-            candidates = [f"{prefix}/{name}" for name in _LEAVES.get(leaf, ())]
-            path = next((c for c in candidates if c in weights), candidates[0] if candidates else prefix)
+        candidates = [prefix] if leaf is None else [f"{prefix}/{name}" for name in _LEAVES.get(leaf, ())]
+        path = next((c for c in candidates if c in paths), candidates[0] if candidates else key)
+        values[path], names[path] = to_keras_layout(value), key
+    return assign_weights(
+        model, values, log=log, names=names, unexpected=unexpected, hint=lambda: _variant_hint(model, state_dict)
+    )
+
+
+def assign_weights(model, values, log=None, names=None, unexpected=(), hint=None):
+    """Sets every weight of a CrossViT from {Keras weight path: array in Keras layout}, strictly.
+
+    The one place the allowed changes live: a position embedding of another length is resized
+    (bicubic over the patch grid, CLS position kept), heads of another class count keep their fresh
+    initialisation; both are logged. Anything else that does not fit raises CheckpointError listing
+    every problem, and then no weight has been changed. Returns the log messages."""
+    log = log or logger.info
+    names = names or {}
+    weights = {w.path: w for w in model.weights}
+    unexpected, mismatched, skipped_heads, messages, ready = list(unexpected), [], [], [], {}
+    for path, value in values.items():
+        name = names.get(path, path)
+        is_head = re.match(r"^head/head_\d/", path) is not None
         if path not in weights:
-            if re.match(r"^head/head_\d/", path) and model.num_classes == 0:
-                heads.append(key)  # a features-only model has no heads
-                continue
-            unexpected.append(key)
+            if is_head and model.num_classes == 0:
+                skipped_heads.append(value)  # a features-only model has no heads
+            else:
+                unexpected.append(name)
             continue
-        value = to_keras_layout(value)
         target = tuple(weights[path].shape)
         if value.shape != target:
             if path.endswith("/pos_embed") and value.shape[2] == target[2]:
+                messages.append(f"{name}: position embedding resized {tuple(value.shape)} -> {target} (bicubic)")
                 value = resize_pos_embed(value, target[1] - 1)
-                messages.append(f"{key}: position embedding resized {state_dict[key].shape} -> {target} (bicubic)")
-            elif re.match(r"^head/head_\d/", path) and value.shape[-1] != target[-1]:
-                heads.append(key)
-                assigned.add(path)  # deliberately left at its fresh initialisation
+            elif is_head and value.shape[-1] != target[-1]:
+                skipped_heads.append(value)
+                ready[path] = None  # deliberately left at its fresh initialisation
                 continue
             else:
-                mismatched.append(f"{key} {tuple(state_dict[key].shape)} -> {path} {target}")
+                mismatched.append(f"{name} {tuple(value.shape)} -> {path} {target}")
                 continue
-        values[path] = value
-        assigned.add(path)
-
-    missing = [path for path in weights if path not in assigned]
+        ready[path] = value
+    missing = [path for path in weights if path not in ready]
     if unexpected or missing or mismatched:
-        raise CheckpointError(_mismatch_report(model, state_dict, unexpected, missing, mismatched))
-    for path, value in values.items():
-        weights[path].assign(value)
-    if heads:
-        classes = next(state_dict[k].shape[0] for k in heads if k.endswith(".weight"))
+        raise CheckpointError(_mismatch_report(model, hint() if hint else None, unexpected, missing, mismatched))
+    for path, value in ready.items():
+        if value is not None:
+            weights[path].assign(value)
+    if skipped_heads:
         messages.append(
-            f"heads not loaded: the checkpoint has {classes} classes, the model {model.num_classes}; "
-            "both heads keep their fresh initialisation (fine-tuning)"
+            f"heads not loaded: the checkpoint has {skipped_heads[0].shape[-1]} classes, the model "
+            f"{model.num_classes}; both heads keep their fresh initialisation (fine-tuning)"
         )
     for message in messages:
         log(message)
     return messages
 
 
-def _mismatch_report(model, state_dict, unexpected, missing, mismatched):
-    lines = [f"The checkpoint does not fit model {model.name!r}."]
+def _variant_hint(model, state_dict):
     guess = guess_variant(state_dict)
     if guess and configs.canonical_name(guess) != model.name:
-        lines.append(f"Its shapes are those of {guess!r}: pass --model {guess}.")
+        return f"Its shapes are those of {guess!r}: pass --model {guess}."
+    return None
+
+
+def _mismatch_report(model, hint, unexpected, missing, mismatched):
+    lines = [f"The weights do not fit model {model.name!r}."]
+    if hint:
+        lines.append(hint)
     for title, items in (
         ("unexpected checkpoint tensors", unexpected),
         ("model weights the checkpoint lacks", missing),
