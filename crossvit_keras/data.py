@@ -161,8 +161,9 @@ def tfds_dataset(name, data_dir=None, manual_dir=None, splits=("train", "val")):
             "or a tensorflow-datasets image classification name (e.g. imagenet2012, oxford_flowers102)."
         ) from None
     features = builder.info.features
-    label = features.get("label") if hasattr(features, "get") else None
-    if "image" not in features or not isinstance(label, tfds.features.ClassLabel):
+    names = set(features.keys()) if hasattr(features, "keys") else set()
+    label = features["label"] if "label" in names else None
+    if "image" not in names or not isinstance(label, tfds.features.ClassLabel):
         raise ValueError(f"tfds dataset {name!r} is not an image classification dataset (needs `image` and `label`).")
     if not builder.is_prepared():
         logger.info("preparing tfds dataset %s in %s (once)", name, builder.data_dir)

@@ -109,3 +109,34 @@ def test_eval_pipeline_pads_weights_and_shards(folder):
         assert len(shard) == 2
         halves.append(sum(float(w.numpy().sum()) for _, _, w in shard))
     assert sum(halves) == 12
+
+
+def test_tfds_dataset_prepared_offline(tmp_path):
+    """A tensorflow-datasets image classification dataset by name: prepared into --data-path (its
+    data_dir), encoded images decoded by the same pipelines; 'test' serves as val without 'validation'."""
+    import tensorflow_datasets as tfds
+
+    class CrossvitTestImages(tfds.core.GeneratorBasedBuilder):  # registered under its snake_case name
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "label": tfds.features.ClassLabel(num_classes=3),
+            }
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(10), "test": self._generate_examples(5)}
+
+        def _generate_examples(self, count):
+            rng = np.random.default_rng(count)
+            for i in range(count):
+                yield i, {"image": rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8), "label": i % 3}
+
+    dataset = data.open_dataset("crossvit_test_images", str(tmp_path))
+    assert (dataset.num_classes, dataset.train.size, dataset.val.size) == (3, 10, 5)
+    images, targets = next(iter(data.train_dataset(dataset.train, 24, 4, 3, aa="none", seed=0)))
+    assert images.shape == (4, 24, 24, 3) and targets.shape == (4, 3)
+    batches = list(data.eval_dataset(dataset.val, 24, 2, 3).as_numpy_iterator())
+    assert len(batches) == 3 and sum(w.sum() for _, _, w in batches) == 5

@@ -96,6 +96,16 @@ def test_finetune_from_keras_file_keeps_weights_and_makes_a_new_head(tmp_path):
     assert pos.shape[1] == 1 + (96 // 12) ** 2
 
 
+def test_nan_loss_stops_training_with_a_clear_message(tmp_path):
+    _, _, StopOnNaN = training._callback_classes()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x = np.ones((8, 2), "float32")
+    x[5] = np.nan  # the second batch of 4
+    with pytest.raises(training.NonFiniteLoss, match=r"loss became nan in epoch 1 \(step 2\).*Lower --lr"):
+        model.fit(x, np.ones((8, 1)), batch_size=4, epochs=2, callbacks=[StopOnNaN()], verbose=0, shuffle=False)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
