@@ -478,7 +478,8 @@ def load_checkpoint(model, path, steps_per_epoch):
     if rest:
         raise ValueError(
             f"{path} was saved at optimizer step {step}, not at the end of an epoch of {steps_per_epoch} steps: "
-            "resume with the same --batch-size and number of replicas, or use another --output_dir."
+            "resume with the --batch-size and number of replicas of the run that saved it "
+            "(or train in a new --output_dir)."
         )
     logger.info("resuming from %s: %d epoch(s) done, optimizer step %d", path, epoch, step)
     return epoch
