@@ -259,31 +259,14 @@ def _scaled_image_sizes(image_sizes, patch_sizes, image_size):
 
 
 def transfer_weights(source, target, log=None):
-    """Copies `source`'s weights into `target` by path: position embeddings of another length are
-    resized (bicubic, crossvit_keras.convert), heads of another class count stay fresh."""
+    """Copies `source`'s weights into `target` by path (crossvit_keras.convert.assign_weights):
+    position embeddings of another length are resized (bicubic), heads of another class count stay
+    fresh; anything else that does not fit is an error listing every problem."""
     import numpy as np
 
-    from crossvit_keras.convert import resize_pos_embed
+    from crossvit_keras.convert import assign_weights
 
-    log = log or logger.info
-    weights = {w.path: w for w in source.weights}
-    for weight in target.weights:
-        old = weights.get(weight.path)
-        if old is None:
-            raise ValueError(f"--finetune: the model lacks weight {weight.path}; is it a CrossViT of the same variant?")
-        value = np.asarray(old.numpy())
-        if value.shape != tuple(weight.shape):
-            if weight.path.endswith("pos_embed"):
-                value = resize_pos_embed(value, weight.shape[1] - 1)
-                log(f"--finetune: {weight.path} resized {tuple(old.shape)} -> {tuple(weight.shape)} (bicubic)")
-            elif weight.path.startswith("head/head_"):
-                log(f"--finetune: new head {weight.path} {tuple(weight.shape)} (fresh initialisation)")
-                continue
-            else:
-                raise ValueError(
-                    f"--finetune: {weight.path} is {tuple(old.shape)}, the model needs {tuple(weight.shape)}."
-                )
-        weight.assign(value)
+    return assign_weights(target, {w.path: np.asarray(w.numpy()) for w in source.weights}, log=log or logger.info)
 
 
 def build_model(args, num_classes):
