@@ -95,6 +95,14 @@ def canonical_name(name):
     return name
 
 
+def scaled_image_sizes(image_sizes, patch_sizes, image_size):
+    """Branch sizes for a new small-branch size: the large branch keeps the ratio, rounded to a
+    multiple of its patch (240 -> (240, 224), 408 -> (408, 384), 192 -> (192, 176))."""
+    small, large = image_sizes
+    patch = patch_sizes[1]
+    return (int(image_size), int(max(patch, round(image_size * large / small / patch) * patch)))
+
+
 def resolve_config(name, num_classes=1000, **overrides):
     """The constructor arguments of `CrossViT` for a variant with overrides applied."""
     unknown = sorted(set(overrides) - set(OVERRIDES))
@@ -106,9 +114,6 @@ def resolve_config(name, num_classes=1000, **overrides):
     if image_size is not None:
         if "image_sizes" in overrides:
             raise ValueError("Give either image_size or image_sizes, not both.")
-        small, large = config["image_sizes"]
-        patch = config["patch_sizes"][1]
-        large_size = max(patch, round(image_size * large / small / patch) * patch)
-        config["image_sizes"] = (int(image_size), int(large_size))
+        config["image_sizes"] = scaled_image_sizes(config["image_sizes"], config["patch_sizes"], image_size)
     config["num_classes"] = num_classes
     return config

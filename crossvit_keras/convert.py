@@ -21,11 +21,11 @@ import argparse
 import logging
 import os
 import re
-import tempfile
 
 import numpy as np
 
 from crossvit_keras import configs
+from crossvit_keras.atomic import save_model
 from crossvit_keras.layers.resize import bicubic_matrix
 
 logger = logging.getLogger("crossvit_keras.convert")
@@ -327,16 +327,7 @@ def convert(model_name, checkpoint, output, num_classes=None, image_size=None, l
     overrides = {} if image_size is None else {"image_size": image_size}
     model = create_model(model_name, num_classes=num_classes, **overrides)
     load_weights(model, state_dict, log=log)
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".keras", dir=directory, prefix=".converting-")
-    os.close(handle)
-    try:
-        model.save(temporary)
-        os.replace(temporary, output)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    save_model(model, output)
     log(f"wrote {output} ({model.name}, {model.count_params():,} parameters, {num_classes} classes)")
     return model
 

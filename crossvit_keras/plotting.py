@@ -1,8 +1,8 @@
 """A PNG of the training curves from the per-epoch JSON-lines log that training writes."""
 
 import json
-import os
-import tempfile
+
+from crossvit_keras.atomic import atomic_path
 
 
 def read_log(path):
@@ -42,14 +42,9 @@ def plot_training_curves(records, path, title=None):
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(suffix=".png", dir=directory, prefix=".plot-")
-    os.close(handle)
     try:
-        figure.savefig(temporary, dpi=100)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=100)
     finally:
         plt.close(figure)
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return path

@@ -26,8 +26,10 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
+
+from crossvit_keras import configs
+from crossvit_keras.atomic import atomic_path, save_model
 
 logger = logging.getLogger("crossvit_keras.training")
 
@@ -251,13 +253,6 @@ def build_optimizer(model, opt, learning_rate, weight_decay, *, momentum=0.9, ep
     return optimizer
 
 
-def _scaled_image_sizes(image_sizes, patch_sizes, image_size):
-    """The branch sizes for a new small-branch size (the large branch keeps the ratio), as configs does."""
-    small, large = image_sizes
-    patch = patch_sizes[1]
-    return (int(image_size), int(max(patch, round(image_size * large / small / patch) * patch)))
-
-
 def transfer_weights(source, target, log=None):
     """Copies `source`'s weights into `target` by path (crossvit_keras.convert.assign_weights):
     position embeddings of another length are resized (bicubic), heads of another class count stay
@@ -289,7 +284,7 @@ def build_model(args, num_classes):
         config = {**source.get_config(), "num_classes": num_classes, "dtype": None}
         config.update({k: v for k, v in overrides.items() if k in ("drop_rate", "drop_path_rate")})
         if args.input_size and args.input_size != source.image_size:
-            config["image_sizes"] = _scaled_image_sizes(source.image_sizes, source.patch_sizes, args.input_size)
+            config["image_sizes"] = configs.scaled_image_sizes(source.image_sizes, source.patch_sizes, args.input_size)
         model = crossvit_keras.CrossViT.from_config(config)
         transfer_weights(source, model)
         logger.info("--finetune: weights of %s loaded (%s)", args.finetune, source.name)
@@ -322,27 +317,10 @@ def compile_model(model, optimizer, num_classes, jit_compile, steps_per_executio
 # ----------------------------------------------------------------------------- callbacks
 
 
-def save_atomically(model, path):
-    """model.save to a temporary file beside `path`, then renamed: a kill never leaves half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".keras", dir=directory, prefix=".saving-")
-    os.close(handle)
-    try:
-        model.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def write_json(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(suffix=".json", dir=directory, prefix=".writing-")
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")
-    os.replace(temporary, path)
 
 
 def optimizer_step(model):
@@ -369,7 +347,7 @@ def _callback_classes():
                 self.model._initial_epoch = load_checkpoint(self.model, self.path, self.steps_per_epoch)
 
         def _save_model(self):
-            save_atomically(self.model, self.path)
+            save_model(self.model, self.path)
 
     class EpochLog(keras.callbacks.Callback):
         """One JSON line per epoch (loss, top1, top5, val_*, lr, images/s, ...) in LOG; a resumed
@@ -389,10 +367,8 @@ def _callback_classes():
             if self._first_epoch and self.write and os.path.exists(self.path):
                 with open(self.path, encoding="utf-8") as f:
                     kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= epoch]
-                handle, temporary = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".log-")
-                with os.fdopen(handle, "w", encoding="utf-8") as f:
+                with atomic_path(self.path) as temporary, open(temporary, "w", encoding="utf-8") as f:
                     f.writelines(kept)
-                os.replace(temporary, self.path)
             self._first_epoch = False
             self._start = time.perf_counter()
             self._train_seconds = None
@@ -486,7 +462,7 @@ def _mixup(args, num_classes):
 
 def check_args(args):
     """The cheap checks, before TensorFlow does anything: one clear line per mistake."""
-    from crossvit_keras import augment, configs
+    from crossvit_keras import augment
 
     args.model = configs.canonical_name(args.model)
     if args.batch_size < 1:
@@ -760,7 +736,7 @@ class Run:
         from crossvit_keras.plotting import plot_training_curves, read_log
 
         out = self.output_dir
-        save_atomically(model, os.path.join(out, FINAL_MODEL))
+        save_model(model, os.path.join(out, FINAL_MODEL))
         logger.info("wrote %s", os.path.join(out, FINAL_MODEL))
         export_path = os.path.join(out, "saved_model", "1")
         exported = export_savedmodel(model, export_path, self.dataset.class_names)
