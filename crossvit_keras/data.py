@@ -289,10 +289,11 @@ def train_dataset(
         tf.zeros([image_size, image_size, 3]),
     )
     transform = augment.train_image_transform(image_size, scale, ratio, hflip, aa, reprob, seed=seed)
+    in_order = repeated_aug > 1  # keeps an image's copies in a row, so they share a batch
     dataset = (
-        records.interleave(decode, cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        records.interleave(decode, cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE, deterministic=in_order)
         .filter(lambda name, label, image, ok: _report_if_unreadable(name, ok))
-        .map(lambda name, label, image, ok: (transform(image), label), tf.data.AUTOTUNE, deterministic=False)
+        .map(lambda name, label, image, ok: (transform(image), label), tf.data.AUTOTUNE, deterministic=in_order)
         .batch(batch_size, drop_remainder=True)
         .map(mixup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
         .prefetch(tf.data.AUTOTUNE)
