@@ -1,5 +1,5 @@
-"""What every CrossViT layer shares: registration for `.keras` saving, and LayerNorm / GELU
-as the paper and timm use them."""
+"""What every CrossViT layer shares: registration for `.keras` saving; LayerNorm, GELU, Dense and
+drop path as the paper and timm use them; the common parts of the attention layers and blocks."""
 
 import keras
 
@@ -28,3 +28,75 @@ def dense(units, name, dtype, use_bias=True):
         name=name,
         dtype=dtype,
     )
+
+
+def drop_path(rate, name, dtype):
+    """Stochastic depth: drops a sample's whole residual branch, scaling the kept ones by
+    1 / (1 - rate); a Dropout whose noise is shared by all tokens and channels of a sample."""
+    return keras.layers.Dropout(rate, noise_shape=(None, 1, 1), name=name, dtype=dtype)
+
+
+class Attention(keras.layers.Layer):
+    """What self- and cross-attention share (timm's `Attention` / `CrossAttention`): the heads,
+    the 1/sqrt(head_dim) scale, the output projection and both dropouts. Subclasses add the query,
+    key and value projections and `call`."""
+
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop_rate=0.0, proj_drop_rate=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} does not divide the width dim={dim}.")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.qkv_bias = qkv_bias
+        self.attn_drop_rate = attn_drop_rate
+        self.proj_drop_rate = proj_drop_rate
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.attn_drop = keras.layers.Dropout(attn_drop_rate, name="attn_drop", dtype=self.dtype_policy)
+        self.proj = dense(dim, "proj", self.dtype_policy)
+        self.proj_drop = keras.layers.Dropout(proj_drop_rate, name="proj_drop", dtype=self.dtype_policy)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "qkv_bias": self.qkv_bias,
+            "attn_drop_rate": self.attn_drop_rate,
+            "proj_drop_rate": self.proj_drop_rate,
+        }
+
+
+class ResidualAttentionBlock(keras.layers.Layer):
+    """What the encoder block and the cross-attention block share: x + DropPath(attention(LayerNorm(x))),
+    with the attention layer `attention_class` named "attn" as in timm."""
+
+    attention_class = None
+
+    def __init__(
+        self, dim, num_heads, qkv_bias=True, attn_drop_rate=0.0, proj_drop_rate=0.0, drop_path_rate=0.0, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.qkv_bias = qkv_bias
+        self.attn_drop_rate = attn_drop_rate
+        self.proj_drop_rate = proj_drop_rate
+        self.drop_path_rate = drop_path_rate
+        dtype = self.dtype_policy
+        self.norm1 = layer_norm("norm1", dtype)
+        self.attn = self.attention_class(
+            dim, num_heads, qkv_bias, attn_drop_rate, proj_drop_rate, name="attn", dtype=dtype
+        )
+        self.drop_path = drop_path(drop_path_rate, "drop_path", dtype)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "qkv_bias": self.qkv_bias,
+            "attn_drop_rate": self.attn_drop_rate,
+            "proj_drop_rate": self.proj_drop_rate,
+            "drop_path_rate": self.drop_path_rate,
+        }

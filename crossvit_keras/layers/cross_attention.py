@@ -13,33 +13,19 @@ fusion is linear, not quadratic, in the number of patch tokens. There is no MLP 
 import keras
 from keras import ops
 
-from crossvit_keras.layers.base import dense, gelu, layer_norm, register
-from crossvit_keras.layers.transformer import drop_path
+from crossvit_keras.layers.base import Attention, ResidualAttentionBlock, dense, gelu, layer_norm, register
 
 
 @register
-class MultiHeadCrossAttention(keras.layers.Layer):
+class MultiHeadCrossAttention(Attention):
     """Multi-head attention in which the first token alone queries the whole sequence (timm's
     `CrossAttention`). Input (B, N + 1, D), output (B, 1, D): the attended CLS token."""
 
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop_rate=0.0, proj_drop_rate=0.0, **kwargs):
-        super().__init__(**kwargs)
-        if dim % num_heads:
-            raise ValueError(f"num_heads={num_heads} does not divide the width dim={dim}.")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.qkv_bias = qkv_bias
-        self.attn_drop_rate = attn_drop_rate
-        self.proj_drop_rate = proj_drop_rate
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        dtype = self.dtype_policy
-        self.wq = dense(dim, "wq", dtype, use_bias=qkv_bias)
-        self.wk = dense(dim, "wk", dtype, use_bias=qkv_bias)
-        self.wv = dense(dim, "wv", dtype, use_bias=qkv_bias)
-        self.attn_drop = keras.layers.Dropout(attn_drop_rate, name="attn_drop", dtype=dtype)
-        self.proj = dense(dim, "proj", dtype)
-        self.proj_drop = keras.layers.Dropout(proj_drop_rate, name="proj_drop", dtype=dtype)
+        super().__init__(dim, num_heads, qkv_bias, attn_drop_rate, proj_drop_rate, **kwargs)
+        self.wq = dense(dim, "wq", self.dtype_policy, use_bias=qkv_bias)
+        self.wk = dense(dim, "wk", self.dtype_policy, use_bias=qkv_bias)
+        self.wv = dense(dim, "wv", self.dtype_policy, use_bias=qkv_bias)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -63,37 +49,12 @@ class MultiHeadCrossAttention(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1, self.dim)
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "dim": self.dim,
-            "num_heads": self.num_heads,
-            "qkv_bias": self.qkv_bias,
-            "attn_drop_rate": self.attn_drop_rate,
-            "proj_drop_rate": self.proj_drop_rate,
-        }
-
 
 @register
-class CrossAttentionBlock(keras.layers.Layer):
+class CrossAttentionBlock(ResidualAttentionBlock):
     """y_cls = x_cls + DropPath(MultiHeadCrossAttention(LayerNorm(x))); no MLP (Eq. 7)."""
 
-    def __init__(
-        self, dim, num_heads, qkv_bias=True, attn_drop_rate=0.0, proj_drop_rate=0.0, drop_path_rate=0.0, **kwargs
-    ):
-        super().__init__(**kwargs)
-        self.dim = dim
-        self.num_heads = num_heads
-        self.qkv_bias = qkv_bias
-        self.attn_drop_rate = attn_drop_rate
-        self.proj_drop_rate = proj_drop_rate
-        self.drop_path_rate = drop_path_rate
-        dtype = self.dtype_policy
-        self.norm1 = layer_norm("norm1", dtype)
-        self.attn = MultiHeadCrossAttention(
-            dim, num_heads, qkv_bias, attn_drop_rate, proj_drop_rate, name="attn", dtype=dtype
-        )
-        self.drop_path = drop_path(drop_path_rate, "drop_path", dtype)
+    attention_class = MultiHeadCrossAttention
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -105,17 +66,6 @@ class CrossAttentionBlock(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1, self.dim)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "dim": self.dim,
-            "num_heads": self.num_heads,
-            "qkv_bias": self.qkv_bias,
-            "attn_drop_rate": self.attn_drop_rate,
-            "proj_drop_rate": self.proj_drop_rate,
-            "drop_path_rate": self.drop_path_rate,
-        }
 
 
 @register

@@ -7,34 +7,16 @@ x = x + DropPath(MLP(LayerNorm(x)))
 import keras
 from keras import ops
 
-from crossvit_keras.layers.base import dense, gelu, layer_norm, register
-
-
-def drop_path(rate, name, dtype):
-    """Stochastic depth: drops a sample's whole residual branch, scaling the kept ones by
-    1 / (1 - rate); a Dropout whose noise is shared by all tokens and channels of a sample."""
-    return keras.layers.Dropout(rate, noise_shape=(None, 1, 1), name=name, dtype=dtype)
+from crossvit_keras.layers.base import Attention, ResidualAttentionBlock, dense, gelu, layer_norm, register
 
 
 @register
-class MultiHeadSelfAttention(keras.layers.Layer):
+class MultiHeadSelfAttention(Attention):
     """Multi-head self-attention with one fused qkv projection (timm's `Attention`)."""
 
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop_rate=0.0, proj_drop_rate=0.0, **kwargs):
-        super().__init__(**kwargs)
-        if dim % num_heads:
-            raise ValueError(f"num_heads={num_heads} does not divide the width dim={dim}.")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.qkv_bias = qkv_bias
-        self.attn_drop_rate = attn_drop_rate
-        self.proj_drop_rate = proj_drop_rate
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
+        super().__init__(dim, num_heads, qkv_bias, attn_drop_rate, proj_drop_rate, **kwargs)
         self.qkv = dense(3 * dim, "qkv", self.dtype_policy, use_bias=qkv_bias)
-        self.attn_drop = keras.layers.Dropout(attn_drop_rate, name="attn_drop", dtype=self.dtype_policy)
-        self.proj = dense(dim, "proj", self.dtype_policy)
-        self.proj_drop = keras.layers.Dropout(proj_drop_rate, name="proj_drop", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -60,16 +42,6 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "dim": self.dim,
-            "num_heads": self.num_heads,
-            "qkv_bias": self.qkv_bias,
-            "attn_drop_rate": self.attn_drop_rate,
-            "proj_drop_rate": self.proj_drop_rate,
-        }
 
 
 @register
@@ -107,8 +79,10 @@ class MLP(keras.layers.Layer):
 
 
 @register
-class TransformerBlock(keras.layers.Layer):
+class TransformerBlock(ResidualAttentionBlock):
     """Pre-norm encoder block: self-attention and MLP, each with a residual and stochastic depth."""
+
+    attention_class = MultiHeadSelfAttention
 
     def __init__(
         self,
@@ -121,22 +95,10 @@ class TransformerBlock(keras.layers.Layer):
         drop_path_rate=0.0,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.dim = dim
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, qkv_bias, attn_drop_rate, proj_drop_rate, drop_path_rate, **kwargs)
         self.mlp_ratio = mlp_ratio
-        self.qkv_bias = qkv_bias
-        self.attn_drop_rate = attn_drop_rate
-        self.proj_drop_rate = proj_drop_rate
-        self.drop_path_rate = drop_path_rate
-        dtype = self.dtype_policy
-        self.norm1 = layer_norm("norm1", dtype)
-        self.attn = MultiHeadSelfAttention(
-            dim, num_heads, qkv_bias, attn_drop_rate, proj_drop_rate, name="attn", dtype=dtype
-        )
-        self.norm2 = layer_norm("norm2", dtype)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), proj_drop_rate, name="mlp", dtype=dtype)
-        self.drop_path = drop_path(drop_path_rate, "drop_path", dtype)
+        self.norm2 = layer_norm("norm2", self.dtype_policy)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), proj_drop_rate, name="mlp", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -151,13 +113,4 @@ class TransformerBlock(keras.layers.Layer):
         return tuple(input_shape)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "dim": self.dim,
-            "num_heads": self.num_heads,
-            "mlp_ratio": self.mlp_ratio,
-            "qkv_bias": self.qkv_bias,
-            "attn_drop_rate": self.attn_drop_rate,
-            "proj_drop_rate": self.proj_drop_rate,
-            "drop_path_rate": self.drop_path_rate,
-        }
+        return {**super().get_config(), "mlp_ratio": self.mlp_ratio}
