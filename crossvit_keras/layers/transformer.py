@@ -63,8 +63,12 @@ class MLP(keras.layers.Layer):
         self.fc2.build((*input_shape[:-1], self.hidden_dim))
 
     def call(self, x, training=None):
-        x = self.drop(gelu(self.fc1(x)), training=training)
-        return self.drop(self.fc2(x), training=training)
+        # Tokens as rows of one 2-D matrix: a plain 2-D matmul, which TensorFlow fuses with the bias
+        # and GELU (oneDNN); the same numbers as the (B, N, D) form.
+        h = ops.reshape(x, (-1, self.dim))
+        h = self.drop(gelu(self.fc1(h)), training=training)
+        h = self.drop(self.fc2(h), training=training)
+        return ops.reshape(h, ops.shape(x))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
