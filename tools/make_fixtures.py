@@ -116,20 +116,37 @@ PUBLISHED = {
 REDUCED = {
     # 48x48 input; small branch 12px patches -> 4x4; large branch int(48 * 32/48) = 32 -> 2x2.
     "parity_reduced": dict(
-        img_size=[48, 48], img_scale=[1.0, 32 / 48], patch_size=[12, 16], embed_dim=[16, 32],
-        depth=[[1, 2, 0], [1, 2, 0]], num_heads=[2, 2], mlp_ratio=[2.0, 2.0, 1.0], num_classes=7,
+        img_size=[48, 48],
+        img_scale=[1.0, 32 / 48],
+        patch_size=[12, 16],
+        embed_dim=[16, 32],
+        depth=[[1, 2, 0], [1, 2, 0]],
+        num_heads=[2, 2],
+        mlp_ratio=[2.0, 2.0, 1.0],
+        num_classes=7,
     ),
     # Same with the 3-conv ("dagger") patch embedding: 48 -> 12 -> 4 -> 4 and 32 -> 8 -> 4 -> 2.
     "parity_reduced_multiconv": dict(
-        img_size=[48, 48], img_scale=[1.0, 32 / 48], patch_size=[12, 16], embed_dim=[16, 32],
-        depth=[[1, 2, 0], [1, 2, 0]], num_heads=[2, 2], mlp_ratio=[2.0, 2.0, 1.0], num_classes=7,
+        img_size=[48, 48],
+        img_scale=[1.0, 32 / 48],
+        patch_size=[12, 16],
+        embed_dim=[16, 32],
+        depth=[[1, 2, 0], [1, 2, 0]],
+        num_heads=[2, 2],
+        mlp_ratio=[2.0, 2.0, 1.0],
+        num_classes=7,
         multi_conv=True,
     ),
     # K = 3 encoders, different head counts (fusion into branch j uses num_heads[j]) and mlp
     # ratios per branch. (crossvit_keras takes square images only, as the paper does.)
     "parity_reduced_mixed": dict(
-        img_size=[48, 48], img_scale=[1.0, 32 / 48], patch_size=[12, 16], embed_dim=[16, 24],
-        depth=[[1, 2, 0], [1, 2, 0], [1, 2, 0]], num_heads=[2, 4], mlp_ratio=[2.0, 3.0, 1.0],
+        img_size=[48, 48],
+        img_scale=[1.0, 32 / 48],
+        patch_size=[12, 16],
+        embed_dim=[16, 24],
+        depth=[[1, 2, 0], [1, 2, 0], [1, 2, 0]],
+        num_heads=[2, 4],
+        mlp_ratio=[2.0, 3.0, 1.0],
         num_classes=5,
     ),
 }
@@ -191,11 +208,14 @@ def load_random_weights(model: torch.nn.Module, seed: int) -> dict[str, tuple[in
 def compact_json(obj) -> str:
     """Indented JSON with lists of numbers kept on one line."""
     text = json.dumps(obj, indent=2)
-    return re.sub(
-        r"\[\s*([-\d.e+,\s]*?)\s*\]",
-        lambda m: "[" + ", ".join(p.strip() for p in m.group(1).split(",") if p.strip()) + "]",
-        text,
-    ) + "\n"
+    return (
+        re.sub(
+            r"\[\s*([-\d.e+,\s]*?)\s*\]",
+            lambda m: "[" + ", ".join(p.strip() for p in m.group(1).split(",") if p.strip()) + "]",
+            text,
+        )
+        + "\n"
+    )
 
 
 def versions() -> dict:
@@ -232,8 +252,10 @@ def count_macs(model: torch.nn.Module, height: int, width: int) -> tuple[float, 
     finally:
         for m in fused:
             m.fused_attn = True
-    by_op = {str(op).split(".")[1] if "." in str(op) else str(op): flops / 2e9
-             for op, flops in counter.get_flop_counts()["Global"].items()}
+    by_op = {
+        str(op).split(".")[1] if "." in str(op) else str(op): flops / 2e9
+        for op, flops in counter.get_flop_counts()["Global"].items()
+    }
     return counter.get_total_flops() / 2e9, by_op
 
 
@@ -278,8 +300,10 @@ def make_reference(out_dir: Path) -> list[str]:
         rel = gmacs / pub_gmacs - 1.0
         # The counter leaves out LayerNorm, softmax, GELU, ...: a little below timm's published value.
         ok_g = "OK" if -0.01 <= rel <= 0.0 else "MISMATCH"
-        report.append(f"{name:24s} params {num_params:>11,d} vs {pub_params:>11,d} {ok_p:8s} "
-                      f"GMACs {gmacs:7.3f} vs {pub_gmacs:6.2f} ({100 * rel:+.2f} %) {ok_g}")
+        report.append(
+            f"{name:24s} params {num_params:>11,d} vs {pub_params:>11,d} {ok_p:8s} "
+            f"GMACs {gmacs:7.3f} vs {pub_gmacs:6.2f} ({100 * rel:+.2f} %) {ok_g}"
+        )
         if num_params != pub_params or ok_g != "OK":
             raise AssertionError(report[-1])
         del model, direct
@@ -290,27 +314,32 @@ def make_reference(out_dir: Path) -> list[str]:
             "num_params": "sum(p.numel() for p in model.parameters()) of timm.create_model(name, num_classes=1000)",
             "gmacs": count_macs.__doc__.split("\n\n", 1)[1].strip().replace("\n    ", " "),
             "constructor_kwargs": "kwargs of timm.models.crossvit.CrossVit giving the same model as "
-                                  "timm.create_model(name); img_size comes from the pretrained cfg",
+            "timm.create_model(name); img_size comes from the pretrained cfg",
             "state_dict": "ordered model.state_dict() keys -> PyTorch shapes (Linear (out, in), "
-                          "Conv2d (out, in, kh, kw))",
+            "Conv2d (out, in, kh, kw))",
         },
         "converter_notes": {
             "official_checkpoint_keys": (
                 "IBM/CrossViT .pth files are plain state dicts with pos_embed.0, pos_embed.1, "
                 "cls_token.0, cls_token.1 (nn.ParameterList); timm names them pos_embed_0, pos_embed_1, "
                 "cls_token_0, cls_token_1. timm's pretrained_filter_fn replaces every '.' with '_' in "
-                "keys containing 'pos_embed' or 'cls_token' and keeps all other keys."),
+                "keys containing 'pos_embed' or 'cls_token' and keeps all other keys."
+            ),
             "timm_hub_weights": "timm/crossvit_*.in1k (safetensors) already use the timm names",
             "linear": "weight (out, in) -> Dense kernel (in, out): transpose; bias as is",
             "conv": "weight (out, in, kh, kw) -> Conv2D kernel (kh, kw, in, out); bias as is",
-            "qkv": ("blocks.*.attn.qkv.weight (3D, D): rows are [q | k | v], each split into heads "
-                    "contiguously (reshape(3, heads, D/heads)); fusion attention has separate wq/wk/wv"),
+            "qkv": (
+                "blocks.*.attn.qkv.weight (3D, D): rows are [q | k | v], each split into heads "
+                "contiguously (reshape(3, heads, D/heads)); fusion attention has separate wq/wk/wv"
+            ),
             "layernorm": "weight -> gamma, bias -> beta; eps 1e-6 everywhere (norm_layer partial)",
             "projs": "blocks.{s}.projs.{b}.0 is LayerNorm(D_b), .1 is GELU (no params), .2 is Linear(D_b -> D_other)",
             "revert_projs": "blocks.{s}.revert_projs.{b}.0 is LayerNorm(D_other), .2 is Linear(D_other -> D_b)",
-            "fusion": ("blocks.{s}.fusion.{b} is one CrossAttentionBlock (no nn.Sequential, no '.0') when "
-                       "depth[-1] == 0, as in all released variants; it works in dimension D_other with "
-                       "num_heads[other]"),
+            "fusion": (
+                "blocks.{s}.fusion.{b} is one CrossAttentionBlock (no nn.Sequential, no '.0') when "
+                "depth[-1] == 0, as in all released variants; it works in dimension D_other with "
+                "num_heads[other]"
+            ),
             "dagger_patch_embed": "patch_embed.{b}.proj.{0,2,4} are the three convs (1 and 3 are ReLU)",
             "head": "head.{b}: Linear(D_b -> classes) on branch b's CLS token after norm.{b}; logits = mean",
             "bicubic": BICUBIC_NOTE,
@@ -330,8 +359,7 @@ def _golden(model: CrossVit, seed: int, kwargs: dict, with_tokens: bool, model_n
         feats = model.forward_features(x)
         pre_logits = model.forward_head(feats, pre_logits=True)
         logits = model(x)
-        scaled = torch.nn.functional.interpolate(
-            x, size=model.img_size_scaled[1], mode="bicubic", align_corners=False)
+        scaled = torch.nn.functional.interpolate(x, size=model.img_size_scaled[1], mode="bicubic", align_corners=False)
     out = {
         "seed": np.int64(seed),
         "kwargs_json": np.array(json.dumps(kwargs)),
@@ -387,8 +415,11 @@ def make_all(out_dir: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=FIXTURES, help="output directory (default tests/fixtures)")
-    parser.add_argument("--verify", action="store_true",
-                        help="regenerate into a temporary directory and compare with --out byte for byte")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="regenerate into a temporary directory and compare with --out byte for byte",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # reproducible reductions; the machine is shared
 
