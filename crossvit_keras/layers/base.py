@@ -36,6 +36,14 @@ def drop_path(rate, name, dtype):
     return keras.layers.Dropout(rate, noise_shape=(None, 1, 1), name=name, dtype=dtype)
 
 
+ATTENTION_ARGUMENTS = ("dim", "num_heads", "qkv_bias", "attn_drop_rate", "proj_drop_rate")
+
+
+def attention_arguments(layer):
+    """The constructor arguments an attention layer and its block share, as stored on `layer`."""
+    return {name: getattr(layer, name) for name in ATTENTION_ARGUMENTS}
+
+
 class Attention(keras.layers.Layer):
     """What self- and cross-attention share (timm's `Attention` / `CrossAttention`): the heads,
     the 1/sqrt(head_dim) scale, the output projection and both dropouts. Subclasses add the query,
@@ -57,14 +65,7 @@ class Attention(keras.layers.Layer):
         self.proj_drop = keras.layers.Dropout(proj_drop_rate, name="proj_drop", dtype=self.dtype_policy)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "dim": self.dim,
-            "num_heads": self.num_heads,
-            "qkv_bias": self.qkv_bias,
-            "attn_drop_rate": self.attn_drop_rate,
-            "proj_drop_rate": self.proj_drop_rate,
-        }
+        return {**super().get_config(), **attention_arguments(self)}
 
 
 class ResidualAttentionBlock(keras.layers.Layer):
@@ -91,12 +92,4 @@ class ResidualAttentionBlock(keras.layers.Layer):
         self.drop_path = drop_path(drop_path_rate, "drop_path", dtype)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "dim": self.dim,
-            "num_heads": self.num_heads,
-            "qkv_bias": self.qkv_bias,
-            "attn_drop_rate": self.attn_drop_rate,
-            "proj_drop_rate": self.proj_drop_rate,
-            "drop_path_rate": self.drop_path_rate,
-        }
+        return {**super().get_config(), **attention_arguments(self), "drop_path_rate": self.drop_path_rate}
