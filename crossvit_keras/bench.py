@@ -31,20 +31,6 @@ import sys
 import tempfile
 import time
 
-# timm 1.0.31: exact parameter counts (1000 classes) and GMACs of each variant at its input size.
-TIMM_REFERENCE = {
-    "crossvit_tiny_240": (7_014_800, 1.57),
-    "crossvit_small_240": (26_856_272, 5.63),
-    "crossvit_base_240": (105_025_232, 21.22),
-    "crossvit_9_240": (8_553_296, 1.85),
-    "crossvit_15_240": (27_528_464, 5.81),
-    "crossvit_18_240": (43_271_408, 9.05),
-    "crossvit_9_dagger_240": (8_776_592, 1.99),
-    "crossvit_15_dagger_240": (28_209_008, 6.13),
-    "crossvit_18_dagger_240": (44_266_976, 9.50),
-    "crossvit_15_dagger_408": (28_500_080, 21.45),
-    "crossvit_18_dagger_408": (44_606_560, 32.47),
-}
 TASKS = ("predict", "savedmodel", "fit")
 DTYPES = ("float32", "mixed_bfloat16")
 XLA_MODES = ("default", "off", "on")  # default: what model.compile() picks (Keras: off on CPU-only hosts)
@@ -95,7 +81,7 @@ def macs_table(names):
         config = configs.resolve_config(name)
         params = create_model(name).count_params()
         gmacs = count_macs(config) / 1e9
-        timm_params, timm_gmacs = TIMM_REFERENCE[name]
+        timm_params, timm_gmacs = configs.TIMM_FIGURES[name]
         agree = abs(params / timm_params - 1) <= 0.01 and abs(gmacs / timm_gmacs - 1) <= 0.01
         ok &= agree
         rows.append(

@@ -37,6 +37,23 @@ VARIANTS = {
     "crossvit_18_dagger_408": _variant((224, 448), 6, 7, 3.0, multi_conv=True, image_sizes=IMAGE_SIZES_408),
 }
 
+# What timm 1.0.31 reports for each variant (../shared/reference/crossvit-reference.md): the exact
+# parameter count with 1000 classes and the GMACs at its input size. `python -m crossvit_keras.bench
+# --macs` checks the models against it.
+TIMM_FIGURES = {
+    "crossvit_tiny_240": (7_014_800, 1.57),
+    "crossvit_small_240": (26_856_272, 5.63),
+    "crossvit_base_240": (105_025_232, 21.22),
+    "crossvit_9_240": (8_553_296, 1.85),
+    "crossvit_15_240": (27_528_464, 5.81),
+    "crossvit_18_240": (43_271_408, 9.05),
+    "crossvit_9_dagger_240": (8_776_592, 1.99),
+    "crossvit_15_dagger_240": (28_209_008, 6.13),
+    "crossvit_18_dagger_240": (44_266_976, 9.50),
+    "crossvit_15_dagger_408": (28_500_080, 21.45),
+    "crossvit_18_dagger_408": (44_606_560, 32.47),
+}
+
 
 def _aliases():
     aliases = {}
