@@ -138,6 +138,20 @@ def test_keras_file_roundtrip_in_a_fresh_process(tmp_path):
     assert "(1, 2, 1)" in out or "[1, 2, 1]" in out
 
 
+def test_import_turns_on_onednn_unless_the_environment_says_otherwise():
+    code = (
+        "import os, sys\n"
+        "os.environ.pop('TF_ENABLE_ONEDNN_OPTS', None)\n"
+        "if sys.argv[1] != 'unset':\n"
+        "    os.environ['TF_ENABLE_ONEDNN_OPTS'] = sys.argv[1]\n"
+        "import crossvit_keras\n"
+        "from tensorflow.python.util import _pywrap_util_port\n"
+        "print('oneDNN', _pywrap_util_port.IsMklEnabled())\n"
+    )
+    assert "oneDNN True" in run_python(code, "unset")
+    assert "oneDNN False" in run_python(code, "0")
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_runs_with_float32_logits(policy):
     model = tiny_model(dtype=policy)
