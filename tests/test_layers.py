@@ -11,6 +11,7 @@ from crossvit_keras.model import ClassifierHead
 
 # One case per custom layer: (constructor, input shapes, call kwargs).
 CASES = {
+    "LayerNorm": (lambda: layers.LayerNorm(epsilon=1e-6), (2, 5, 8), {}),
     "BicubicResize": (lambda: layers.BicubicResize((7, 5)), (2, 11, 9, 3), {}),
     "PatchEmbedding": (lambda: layers.PatchEmbedding(16, 8), (2, 32, 32, 3), {}),
     "PatchEmbedding_multi_conv_12": (lambda: layers.PatchEmbedding(12, 8, multi_conv=True), (2, 48, 48, 3), {}),
@@ -60,6 +61,38 @@ def test_layer_config_roundtrip(case):
     actual = [tuple(o.shape) for o in keras.tree.flatten(outputs)]
     expected = [tuple(expected)] if not isinstance(expected, list) else [tuple(e) for e in expected]
     assert actual == expected
+
+
+def _values_and_gradients(function, inputs, variables=()):
+    """function(inputs), and the gradients of a random projection of it w.r.t. inputs and variables."""
+    import tensorflow as tf
+
+    x = tf.constant(inputs)
+    weights = tf.constant(random_inputs(inputs.shape, seed=9))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = function(x)
+        loss = tf.reduce_sum(y * weights)
+    return [y, *tape.gradient(loss, [x, *variables])]
+
+
+def test_layer_norm_and_its_gradient_equal_keras_layer_normalization():
+    x = random_inputs((3, 7, 16)) * 3.0 + 1.0
+    ours, keras_ln = layers.LayerNorm(epsilon=1e-6), keras.layers.LayerNormalization(epsilon=1e-6)
+    for layer in (ours, keras_ln):
+        layer.build(x.shape)
+        layer.set_weights([random_inputs((16,), seed=1) + 1.0, random_inputs((16,), seed=2)])
+    expected = _values_and_gradients(keras_ln, x, [keras_ln.gamma, keras_ln.beta])
+    actual = _values_and_gradients(ours, x, [ours.gamma, ours.beta])
+    for a, e in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_gelu_and_its_gradient_equal_autodiff_of_the_erf_form():
+    x = random_inputs((4, 33)) * 3.0
+    expected = _values_and_gradients(lambda t: 0.5 * t * (1.0 + keras.ops.erf(t / np.sqrt(2.0))), x)
+    for a, e in zip(_values_and_gradients(layers.gelu, x), expected, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
 
 
 def test_cross_attention_has_one_query_row_per_head():

@@ -1,5 +1,6 @@
 """CrossViT's layers, one file per part of the architecture:
 
+- base.py: LayerNorm and GELU (with their gradients written out), Dense, drop path, the attention bases
 - embedding.py: PatchEmbedding (linear or 3-conv), ClassTokenPositionEmbedding
 - resize.py: BicubicResize, the large branch's PyTorch-exact input resize
 - transformer.py: MultiHeadSelfAttention, MLP, TransformerBlock
@@ -7,6 +8,7 @@
 - encoder.py: MultiScaleEncoder, one stage of the multi-scale encoder, and the FUSIONS table
 """
 
+from crossvit_keras.layers.base import LayerNorm, gelu
 from crossvit_keras.layers.cross_attention import (
     CrossAttentionBlock,
     CrossAttentionFusion,
@@ -21,6 +23,7 @@ from crossvit_keras.layers.transformer import MLP, MultiHeadSelfAttention, Trans
 __all__ = [
     "FUSIONS",
     "MLP",
+    "LayerNorm",
     "BicubicResize",
     "ClassTokenPositionEmbedding",
     "CrossAttentionBlock",
@@ -31,4 +34,5 @@ __all__ = [
     "PatchEmbedding",
     "Projection",
     "TransformerBlock",
+    "gelu",
 ]

