@@ -13,7 +13,7 @@ import re
 
 import tensorflow as tf
 
-from crossvit_keras.preprocessing import normalize
+from crossvit_keras.preprocessing import fixed_size_normalizer
 
 # timm's RandomResizedCropAndInterpolation and RandomErasing try this many random boxes.
 ATTEMPTS = 10
@@ -180,6 +180,7 @@ def train_image_transform(
     """The per-image training transform after the decode+crop: a function [size, size, 3] float
     RGB in [0, 255] -> normalised float32, with flip, RandAugment and random erasing."""
     augmenter = rand_augment(aa, seed=seed)
+    normalize = fixed_size_normalizer((size, size, 3))
 
     def transform(image):
         image = random_flip(image, hflip)

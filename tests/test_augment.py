@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from crossvit_keras import augment
-from crossvit_keras.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from crossvit_keras.preprocessing import IMAGENET_MEAN, IMAGENET_STD, fixed_size_normalizer, normalize
 
 
 def encoded(shape=(60, 80, 3), fmt="JPEG", seed=0):
@@ -151,3 +151,11 @@ def test_beta_sampler_mean():
     samples = [float(augment._sample_beta(0.8)) for _ in range(300)]
     assert abs(np.mean(samples) - 0.5) < 0.06 and min(samples) >= 0 and max(samples) <= 1
     assert math.isfinite(sum(samples))
+
+
+def test_fixed_size_normalizer_equals_normalize():
+    images = tf.random.uniform([2, 9, 7, 3], 0, 255, seed=3)
+    expected = normalize(images)
+    for shape, x in (((2, 9, 7, 3), images), ((9, 7, 3), images[1])):
+        actual = fixed_size_normalizer(shape)(x)
+        np.testing.assert_allclose(actual, expected if len(shape) == 4 else expected[1], rtol=1e-5, atol=1e-5)

@@ -153,8 +153,8 @@ for name in ("keras", "tf_keras", "crossvit_keras"):
 """
 
 
-def run_isolated(code, *args, cwd):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+def run_isolated(code, *args, cwd, env=None):
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}, **(env or {})}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return subprocess.run(
         [sys.executable, "-I", "-c", BLOCK_KERAS + code, *args],
@@ -166,14 +166,18 @@ def run_isolated(code, *args, cwd):
     )
 
 
-def test_loads_and_runs_with_tensorflow_alone(converted, exported, tmp_path):
+# TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1, the README's setting for a serving process, lets oneDNN keep
+# its reordered weights between calls; the probabilities must not change.
+@pytest.mark.parametrize("serving_env", [{}, {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}], ids=["default", "frozen"])
+def test_loads_and_runs_with_tensorflow_alone(converted, exported, tmp_path, serving_env):
     images = real_images()
     np.save(tmp_path / "chelsea.npy", images["chelsea"][None].astype("float32"))
     (tmp_path / "coffee.png").write_bytes(png(images["coffee"]))
     code = """
 import numpy as np, tensorflow as tf
 model = tf.saved_model.load(sys.argv[1])
-out = model.signatures["serving_default"](images=tf.constant(np.load("chelsea.npy")))
+for _ in range(2):  # the second call runs on the weights oneDNN kept from the first
+    out = model.signatures["serving_default"](images=tf.constant(np.load("chelsea.npy")))
 np.save("default.npy", out["probabilities"].numpy())
 out = model.signatures["serving_bytes"](image_bytes=tf.constant([open("coffee.png", "rb").read()]))
 np.save("bytes.npy", out["probabilities"].numpy())
@@ -183,7 +187,7 @@ except tf.errors.InvalidArgumentError as error:
     print("bad input:", error.message)
 assert not any(m == "keras" or m.startswith(("keras.", "crossvit_keras")) for m in sys.modules if sys.modules[m])
 """
-    result = run_isolated(code, exported, cwd=tmp_path)
+    result = run_isolated(code, exported, cwd=tmp_path, env=serving_env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "must have 3 channels (RGB)" in result.stdout
     np.testing.assert_allclose(
