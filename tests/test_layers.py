@@ -88,6 +88,27 @@ def test_layer_norm_and_its_gradient_equal_keras_layer_normalization():
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
 
 
+def test_layer_norm_and_gelu_train_through_their_written_out_gradients():
+    """The gradient graph has none of the ops autodiff of the composed forms would add (a silent
+    fall-back to Keras' LayerNormalization or to autodiff would pass the equality tests above)."""
+    import tensorflow as tf
+
+    norm = layers.LayerNorm(epsilon=1e-6)
+    norm.build((2, 5, 8))
+
+    @tf.function
+    def gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layers.gelu(norm(x))
+        return tape.gradient(y, [x, norm.gamma, norm.beta])
+
+    graph = gradient.get_concrete_function(tf.TensorSpec((2, 5, 8))).graph
+    op_types = {op.type for op in graph.get_operations()}
+    op_types |= {node.op for function in graph.as_graph_def().library.function for node in function.node_def}
+    assert not op_types & {"RsqrtGrad", "SquaredDifference", "Erfc"}, sorted(op_types)
+
+
 def test_gelu_and_its_gradient_equal_autodiff_of_the_erf_form():
     x = random_inputs((4, 33)) * 3.0
     expected = _values_and_gradients(lambda t: 0.5 * t * (1.0 + keras.ops.erf(t / np.sqrt(2.0))), x)

@@ -44,7 +44,9 @@ class LayerNorm(keras.layers.LayerNormalization):
     the GELU's below)."""
 
     def call(self, x):
-        if self.axis not in (-1, len(x.shape) - 1) or self.rms_scaling or not (self.center and self.scale):
+        axes = self.axis if isinstance(self.axis, list | tuple) else [self.axis]  # build() makes it a list
+        last_axis_only = [axis % len(x.shape) for axis in axes] == [len(x.shape) - 1]
+        if not last_axis_only or self.rms_scaling or not (self.center and self.scale):
             return super().call(x)
         y = _normalize(ops.cast(x, "float32"), self.epsilon) * self.gamma + self.beta
         return ops.cast(y, self.compute_dtype)
