@@ -179,6 +179,8 @@ def test_drop_path_is_off_at_inference_and_per_sample_in_training():
         (lambda: layers.PatchEmbedding(14, 8, multi_conv=True), "patch sizes"),
         (lambda: layers.PatchEmbedding(12, 10, multi_conv=True), "divisible by 4"),
         (lambda: layers.MultiScaleEncoder((8, 8), (1, 1, 1), (2, 2), (2, 2), (0,), fusion="sum"), "fusion"),
+        (lambda: layers.LayerNorm(axis=1), "last axis"),
+        (lambda: layers.LayerNorm(center=False), "last axis"),
     ],
 )
 def test_impossible_layer_arguments_fail_at_construction(make, message):

@@ -29,7 +29,7 @@ def layer_group(node, op):
         return "matmuls (Dense layers)"
     if "adam_w" in node or "Assign" in op:
         return "optimizer"
-    if re.search(r"/norm(1|2|_\d)?_?\d*/|/norm_\d+/", node):
+    if re.search(r"/norm\w*/", node):  # norm1, norm2, the projections' norm, the heads' norm_0 / norm_1
         return "LayerNorm"
     if "/mlp" in node:
         return "MLP besides its matmuls (GELU, dropout)"

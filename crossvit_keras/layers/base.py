@@ -43,11 +43,18 @@ class LayerNorm(keras.layers.LayerNormalization):
     same numbers, a faster training step (about 9% for crossvit_15_240 on the 2-core CPU, with
     the GELU's below)."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # What CrossViT uses (timm's nn.LayerNorm). build() turns axis -1 into [-1], which a
+        # reloaded config passes back.
+        if self.axis not in (-1, [-1]) or self.rms_scaling or not (self.center and self.scale):
+            raise ValueError(
+                "LayerNorm normalises the last axis with a scale and an offset (axis=-1, center=True, "
+                f"scale=True, rms_scaling=False); got axis={self.axis}, center={self.center}, "
+                f"scale={self.scale}, rms_scaling={self.rms_scaling}. Use keras.layers.LayerNormalization."
+            )
+
     def call(self, x):
-        axes = self.axis if isinstance(self.axis, list | tuple) else [self.axis]  # build() makes it a list
-        last_axis_only = [axis % len(x.shape) for axis in axes] == [len(x.shape) - 1]
-        if not last_axis_only or self.rms_scaling or not (self.center and self.scale):
-            return super().call(x)
         y = _normalize(ops.cast(x, "float32"), self.epsilon) * self.gamma + self.beta
         return ops.cast(y, self.compute_dtype)
 
