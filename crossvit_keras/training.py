@@ -200,41 +200,13 @@ def no_weight_decay_variables(model):
     return [v for v in model.trainable_variables if len(v.shape) <= 1 or "cls_token" in v.path or "pos_embed" in v.path]
 
 
-def _sgd_class():
-    import keras
-
-    @keras.saving.register_keras_serializable(package="crossvit_keras")
-    class SGDL2(keras.optimizers.SGD):
-        """PyTorch's SGD as timm's `--opt sgd` builds it: nesterov momentum and weight decay added
-        to the gradient (L2, before the momentum), except for the variables excluded with
-        `exclude_from_weight_decay`. (keras.optimizers.SGD's weight_decay is decoupled.)"""
-
-        def __init__(self, l2=0.0, **kwargs):
-            super().__init__(**kwargs)
-            self.l2 = float(l2)
-
-        def update_step(self, gradient, variable, learning_rate):
-            if self.l2 and self._use_weight_decay(variable):
-                gradient = gradient + keras.ops.cast(self.l2, variable.dtype) * variable
-            super().update_step(gradient, variable, learning_rate)
-
-        def get_config(self):
-            return {**super().get_config(), "l2": self.l2}
-
-    return SGDL2
-
-
-SGDL2 = None  # the class, made on first use (keeps `import crossvit_keras.training` light)
-
-
 def build_optimizer(model, opt, learning_rate, weight_decay, *, momentum=0.9, eps=1e-8, betas=None, clip_grad=None):
     """AdamW (DeiT) or SGD (the paper's transfer runs), without weight decay where timm has none."""
-    import keras
+    from crossvit_keras.optimizers import SGDL2, AdamW
 
-    global SGDL2
     if opt == "adamw":
         beta_1, beta_2 = betas or (0.9, 0.999)
-        optimizer = keras.optimizers.AdamW(
+        optimizer = AdamW(
             learning_rate,
             weight_decay=weight_decay,
             beta_1=beta_1,
@@ -243,7 +215,6 @@ def build_optimizer(model, opt, learning_rate, weight_decay, *, momentum=0.9, ep
             global_clipnorm=clip_grad,
         )
     elif opt == "sgd":
-        SGDL2 = SGDL2 or _sgd_class()
         optimizer = SGDL2(
             l2=weight_decay, learning_rate=learning_rate, momentum=momentum, nesterov=True, global_clipnorm=clip_grad
         )

@@ -80,6 +80,42 @@ def test_no_weight_decay_on_biases_norms_cls_tokens_and_position_embeddings(opt)
     np.testing.assert_allclose(kernel.numpy(), before[kernel.path] * factor, rtol=1e-5)
 
 
+def _apply_with(optimizer, variables):
+    def apply(grads):
+        optimizer.apply(grads, variables)
+
+    return apply
+
+
+def test_fused_adamw_is_keras_adamw():
+    """crossvit_keras' AdamW (TensorFlow's fused ResourceApplyAdam) follows keras.optimizers.AdamW
+    step by step, eager and in a tf.function whose graph has the fused kernel; it round-trips
+    through Keras serialisation."""
+    import tensorflow as tf
+
+    from crossvit_keras.optimizers import AdamW
+
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(s).astype("float32") for s in ((7, 5), (5,), (3, 2, 4))]
+    grads = [[rng.standard_normal(w.shape).astype("float32") for w in start] for _ in range(4)]
+    results = []
+    for cls in (keras.optimizers.AdamW, AdamW):
+        variables = [keras.Variable(w, name=f"w{i}") for i, w in enumerate(start)]
+        optimizer = cls(0.01, weight_decay=0.05, beta_1=0.8, beta_2=0.99, epsilon=1e-8)
+        optimizer.exclude_from_weight_decay(var_list=variables[1:2])
+        optimizer.apply(grads[0], variables)
+        step = tf.function(_apply_with(optimizer, variables))
+        for g in grads[1:]:
+            step(g)
+        results.append([v.numpy() for v in variables])
+    for keras_weights, fused_weights in zip(*results, strict=True):
+        np.testing.assert_allclose(fused_weights, keras_weights, rtol=1e-6, atol=1e-7)
+    ops = {op.type for op in step.get_concrete_function(grads[1]).graph.get_operations()}
+    assert "ResourceApplyAdam" in ops
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(optimizer))
+    assert type(clone) is AdamW and clone.get_config() == optimizer.get_config()
+
+
 def test_finetune_from_keras_file_keeps_weights_and_makes_a_new_head(tmp_path):
     source = tiny_model(num_classes=5)
     path = str(tmp_path / "source.keras")
