@@ -12,6 +12,7 @@ from crossvit_keras.model import ClassifierHead
 # One case per custom layer: (constructor, input shapes, call kwargs).
 CASES = {
     "LayerNorm": (lambda: layers.LayerNorm(epsilon=1e-6), (2, 5, 8), {}),
+    "DropPath": (lambda: layers.DropPath(0.25, seed=1), (2, 5, 8), {}),
     "BicubicResize": (lambda: layers.BicubicResize((7, 5)), (2, 11, 9, 3), {}),
     "PatchEmbedding": (lambda: layers.PatchEmbedding(16, 8), (2, 32, 32, 3), {}),
     "PatchEmbedding_multi_conv_12": (lambda: layers.PatchEmbedding(12, 8, multi_conv=True), (2, 48, 48, 3), {}),
@@ -163,6 +164,18 @@ def test_fusion_changes_only_the_cls_tokens():
     np.testing.assert_allclose(fusion([small, other])[0], out_small, atol=1e-6)
 
 
+def test_drop_path_drops_whole_samples_and_scales_the_kept_ones():
+    drop = layers.DropPath(0.25, seed=3)
+    x = np.ones((4000, 3, 2), "float32")
+    np.testing.assert_array_equal(drop(x), x)
+    y = keras.ops.convert_to_numpy(drop(x, training=True))
+    per_sample = y.reshape(len(y), -1)
+    assert set(np.unique(per_sample)) == {0.0, np.float32(1 / 0.75)}
+    assert np.all(per_sample == per_sample[:, :1])  # the whole branch of a sample, not single values
+    assert abs((per_sample[:, 0] == 0).mean() - 0.25) < 0.03
+    assert abs(y.mean() - 1.0) < 0.05
+
+
 def test_drop_path_is_off_at_inference_and_per_sample_in_training():
     block = layers.TransformerBlock(8, 2, drop_path_rate=0.5)
     x = random_inputs((64, 5, 8))
@@ -181,6 +194,7 @@ def test_drop_path_is_off_at_inference_and_per_sample_in_training():
         (lambda: layers.MultiScaleEncoder((8, 8), (1, 1, 1), (2, 2), (2, 2), (0,), fusion="sum"), "fusion"),
         (lambda: layers.LayerNorm(axis=1), "last axis"),
         (lambda: layers.LayerNorm(center=False), "last axis"),
+        (lambda: layers.DropPath(1.0), "rate"),
     ],
 )
 def test_impossible_layer_arguments_fail_at_construction(make, message):

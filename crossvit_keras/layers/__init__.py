@@ -1,6 +1,6 @@
 """CrossViT's layers, one file per part of the architecture:
 
-- base.py: LayerNorm and GELU (with their gradients written out), Dense, drop path, the attention bases
+- base.py: LayerNorm and GELU (with their gradients written out), Dense, DropPath, the attention bases
 - embedding.py: PatchEmbedding (linear or 3-conv), ClassTokenPositionEmbedding
 - resize.py: BicubicResize, the large branch's PyTorch-exact input resize
 - transformer.py: MultiHeadSelfAttention, MLP, TransformerBlock
@@ -8,7 +8,7 @@
 - encoder.py: MultiScaleEncoder, one stage of the multi-scale encoder, and the FUSIONS table
 """
 
-from crossvit_keras.layers.base import LayerNorm, gelu
+from crossvit_keras.layers.base import DropPath, LayerNorm, gelu
 from crossvit_keras.layers.cross_attention import (
     CrossAttentionBlock,
     CrossAttentionFusion,
@@ -28,6 +28,7 @@ __all__ = [
     "ClassTokenPositionEmbedding",
     "CrossAttentionBlock",
     "CrossAttentionFusion",
+    "DropPath",
     "MultiHeadCrossAttention",
     "MultiHeadSelfAttention",
     "MultiScaleEncoder",

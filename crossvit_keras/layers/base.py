@@ -96,10 +96,37 @@ def per_token(layer, x):
     return ops.reshape(y, (*ops.shape(x)[:-1], y.shape[-1]))
 
 
-def drop_path(rate, name, dtype):
-    """Stochastic depth: drops a sample's whole residual branch, scaling the kept ones by
-    1 / (1 - rate); a Dropout whose noise is shared by all tokens and channels of a sample."""
-    return keras.layers.Dropout(rate, noise_shape=(None, 1, 1), name=name, dtype=dtype)
+@register
+class DropPath(keras.layers.Layer):
+    """Stochastic depth (timm's `DropPath`): in training, drops a sample's whole residual branch
+    with probability `rate` and scales the kept ones by 1 / (1 - rate). One multiply by a per-sample
+    (B, 1, ..., 1) factor, forward and backward, where a Dropout with a shared noise shape makes
+    two full-size passes (scale, then select) each way."""
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= rate < 1:
+            raise ValueError(f"DropPath rate must be in [0, 1); got {rate}.")
+        self.rate = rate
+        self.seed = seed
+
+    def build(self, input_shape):
+        if self.rate > 0:
+            self.seed_generator = keras.random.SeedGenerator(self.seed, name="seed_generator")
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        kept = ops.floor(keep + keras.random.uniform(shape, seed=self.seed_generator))  # 1 with probability keep
+        return x * ops.cast(kept / keep, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
 ATTENTION_ARGUMENTS = ("dim", "num_heads", "qkv_bias", "attn_drop_rate", "proj_drop_rate")
@@ -155,7 +182,7 @@ class ResidualAttentionBlock(keras.layers.Layer):
         self.attn = self.attention_class(
             dim, num_heads, qkv_bias, attn_drop_rate, proj_drop_rate, name="attn", dtype=dtype
         )
-        self.drop_path = drop_path(drop_path_rate, "drop_path", dtype)
+        self.drop_path = DropPath(drop_path_rate, name="drop_path", dtype=dtype)
 
     def get_config(self):
         return {**super().get_config(), **attention_arguments(self), "drop_path_rate": self.drop_path_rate}

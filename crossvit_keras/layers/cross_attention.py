@@ -60,6 +60,7 @@ class CrossAttentionBlock(ResidualAttentionBlock):
         input_shape = tuple(input_shape)
         self.norm1.build(input_shape)
         self.attn.build(input_shape)
+        self.drop_path.build((input_shape[0], 1, input_shape[-1]))
 
     def call(self, x, training=None):
         return x[:, :1] + self.drop_path(self.attn(self.norm1(x), training=training), training=training)

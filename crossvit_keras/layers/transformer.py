@@ -107,7 +107,7 @@ class TransformerBlock(ResidualAttentionBlock):
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        for layer in (self.norm1, self.attn, self.norm2, self.mlp):
+        for layer in (self.norm1, self.attn, self.norm2, self.mlp, self.drop_path):
             layer.build(input_shape)
 
     def call(self, x, training=None):
