@@ -15,7 +15,7 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from helpers import REPO, tiny_model
+from helpers import REPO, run_python, tiny_model
 
 from crossvit_keras import data, training
 from crossvit_keras.schedules import WarmupCosine
@@ -114,6 +114,17 @@ def test_fused_adamw_is_keras_adamw():
     assert "ResourceApplyAdam" in ops
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(optimizer))
     assert type(clone) is AdamW and clone.get_config() == optimizer.get_config()
+
+
+@pytest.mark.parametrize("opt", ["adamw", "sgd"])
+def test_compiled_keras_file_reloads_its_optimizer_in_a_fresh_process(tmp_path, opt):
+    model = tiny_model(num_classes=3)
+    training.compile_model(model, training.build_optimizer(model, opt, 0.1, 0.5), 3, False, 1)
+    model.optimizer.build(model.trainable_variables)
+    path = tmp_path / "compiled.keras"
+    model.save(path)
+    code = "import sys, keras, crossvit_keras\nprint(type(keras.models.load_model(sys.argv[1]).optimizer).__name__)\n"
+    assert run_python(code, path).split()[-1] == type(model.optimizer).__name__
 
 
 def test_finetune_from_keras_file_keeps_weights_and_makes_a_new_head(tmp_path):
