@@ -117,6 +117,26 @@ def test_gelu_and_its_gradient_equal_autodiff_of_the_erf_form():
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
 
 
+def test_attention_and_its_gradient_equal_autodiff():
+    import tensorflow as tf
+
+    q, k, v = (tf.constant(random_inputs((2, 3, 9, 4), seed=seed) * 2.0) for seed in (1, 2, 3))
+    weights = tf.constant(random_inputs((2, 3, 9, 4), seed=4))
+
+    def values_and_gradients(function):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            y = function(q, k, v)
+            loss = tf.reduce_sum(y * weights)
+        return [y, *tape.gradient(loss, [q, k, v])]
+
+    composed = values_and_gradients(
+        lambda q, k, v: keras.ops.matmul(keras.ops.softmax(keras.ops.matmul(q, keras.ops.swapaxes(k, -1, -2))), v)
+    )
+    for a, e in zip(values_and_gradients(layers.base.attention), composed, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+
 def test_cross_attention_has_one_query_row_per_head():
     """The CLS token is the only query: the map is 1 x (N + 1) per head (linear cost)."""
     attention = layers.MultiHeadCrossAttention(dim=32, num_heads=4)

@@ -7,7 +7,16 @@ x = x + DropPath(MLP(LayerNorm(x)))
 import keras
 from keras import ops
 
-from crossvit_keras.layers.base import Attention, ResidualAttentionBlock, dense, gelu, layer_norm, per_token, register
+from crossvit_keras.layers.base import (
+    Attention,
+    ResidualAttentionBlock,
+    attention,
+    dense,
+    gelu,
+    layer_norm,
+    per_token,
+    register,
+)
 
 
 @register
@@ -42,8 +51,10 @@ class MultiHeadSelfAttention(Attention):
 
     def _attend(self, q, k, v, training):
         """softmax(q k^T) v for one head: q (already scaled), k, v (B, N, head_dim)."""
-        attn = ops.softmax(ops.matmul(q, ops.swapaxes(k, -1, -2)))  # (B, N, N)
-        return ops.matmul(self.attn_drop(attn, training=training), v)
+        if training and self.attn_drop_rate > 0:  # dropout on the (B, N, N) map, between softmax and v
+            attn = ops.softmax(ops.matmul(q, ops.swapaxes(k, -1, -2)))
+            return ops.matmul(self.attn_drop(attn, training=training), v)
+        return attention(q, k, v)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
