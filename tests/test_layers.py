@@ -65,16 +65,16 @@ def test_layer_config_roundtrip(case):
 
 
 def _values_and_gradients(function, inputs, variables=()):
-    """function(inputs), and the gradients of a random projection of it w.r.t. inputs and variables."""
+    """function(*inputs), and the gradients of a random projection of it w.r.t. the inputs and
+    variables; `inputs` is one array or a tuple of arrays."""
     import tensorflow as tf
 
-    x = tf.constant(inputs)
-    weights = tf.constant(random_inputs(inputs.shape, seed=9))
+    xs = [tf.constant(x) for x in (inputs if isinstance(inputs, tuple) else (inputs,))]
     with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = function(x)
-        loss = tf.reduce_sum(y * weights)
-    return [y, *tape.gradient(loss, [x, *variables])]
+        tape.watch(xs)
+        y = function(*xs)
+        loss = tf.reduce_sum(y * tf.constant(random_inputs(tuple(y.shape), seed=9)))
+    return [y, *tape.gradient(loss, [*xs, *variables])]
 
 
 def test_layer_norm_and_its_gradient_equal_keras_layer_normalization():
@@ -118,22 +118,12 @@ def test_gelu_and_its_gradient_equal_autodiff_of_the_erf_form():
 
 
 def test_attention_and_its_gradient_equal_autodiff():
-    import tensorflow as tf
-
-    q, k, v = (tf.constant(random_inputs((2, 3, 9, 4), seed=seed) * 2.0) for seed in (1, 2, 3))
-    weights = tf.constant(random_inputs((2, 3, 9, 4), seed=4))
-
-    def values_and_gradients(function):
-        with tf.GradientTape() as tape:
-            tape.watch([q, k, v])
-            y = function(q, k, v)
-            loss = tf.reduce_sum(y * weights)
-        return [y, *tape.gradient(loss, [q, k, v])]
-
-    composed = values_and_gradients(
-        lambda q, k, v: keras.ops.matmul(keras.ops.softmax(keras.ops.matmul(q, keras.ops.swapaxes(k, -1, -2))), v)
+    q, k, v = (random_inputs((2, 3, 9, 4), seed=seed) * 2.0 for seed in (1, 2, 3))
+    expected = _values_and_gradients(
+        lambda q, k, v: keras.ops.matmul(keras.ops.softmax(keras.ops.matmul(q, keras.ops.swapaxes(k, -1, -2))), v),
+        (q, k, v),
     )
-    for a, e in zip(values_and_gradients(layers.base.attention), composed, strict=True):
+    for a, e in zip(_values_and_gradients(layers.base.attention, (q, k, v)), expected, strict=True):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
 
 

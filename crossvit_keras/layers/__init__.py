@@ -23,12 +23,12 @@ from crossvit_keras.layers.transformer import MLP, MultiHeadSelfAttention, Trans
 __all__ = [
     "FUSIONS",
     "MLP",
-    "LayerNorm",
     "BicubicResize",
     "ClassTokenPositionEmbedding",
     "CrossAttentionBlock",
     "CrossAttentionFusion",
     "DropPath",
+    "LayerNorm",
     "MultiHeadCrossAttention",
     "MultiHeadSelfAttention",
     "MultiScaleEncoder",

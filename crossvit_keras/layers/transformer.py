@@ -35,7 +35,7 @@ class MultiHeadSelfAttention(Attention):
     def call(self, x, training=None):
         # qkv's columns are (q, k, v) x heads x head_dim, as timm's reshape(B, N, 3, heads, head_dim)
         # reads them: one split gives every head's q, k and v as a (B, N, head_dim) slice. Heads are
-        # attended one at a time on these slices, with no transposes. Against the batched
+        # attended one at a time on these slices, with no transposes of heads. Against the batched
         # (B, heads, N, head_dim) layout on the 2-core test CPU: much faster with TensorFlow's
         # Eigen kernels; with oneDNN ~7% faster for a training step, ~2% slower for inference.
         # One split, not q/k/v and then heads: ~5% faster inference.
