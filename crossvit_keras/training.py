@@ -1,8 +1,9 @@
 """Training and evaluation of CrossViT under tf.distribute with DeiT's recipe (paper Table 9).
 
 The library behind `recipes/imagenet.py`: `main(argv)` runs a whole command line; the pieces
-(`build_parser`, `make_strategy`, `build_optimizer`, `no_weight_decay_variables`, the callbacks)
-are usable on their own.
+(`build_parser`, `build_optimizer`, `no_weight_decay_variables`; the strategies in
+crossvit_keras.distribute, the callbacks and checkpoint files in crossvit_keras.callbacks) are
+usable on their own.
 
     python recipes/imagenet.py --data-set IMNET --data-path /data/imagenet --strategy mirrored
 
@@ -23,27 +24,38 @@ train.py for --scale, --ratio, --hflip), with the paper's values. An output dire
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
 
 from crossvit_keras import configs
-from crossvit_keras.atomic import atomic_path, save_model
+from crossvit_keras.atomic import save_model
+from crossvit_keras.callbacks import (
+    CHECKPOINT,
+    LOG,
+    NonFiniteLoss,
+    callback_classes,
+    exact_loss,
+    load_checkpoint,
+    optimizer_step,
+    write_json,
+)
+from crossvit_keras.distribute import (
+    STRATEGIES,
+    configure_cpu_devices,
+    describe_strategy,
+    distribution_settings,
+    is_chief,
+    make_strategy,
+    worker_index,
+)
 
 logger = logging.getLogger("crossvit_keras.training")
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = {"none": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-CHECKPOINT = "checkpoint.keras"
 FINAL_MODEL = "model.keras"
-LOG = "log.jsonl"
 # DeiT's RASampler repeats each image this many times.
 REPEATS = 3
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; training stopped."""
 
 
 # ----------------------------------------------------------------------------- command line
@@ -124,71 +136,6 @@ def setup_logging():
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         root.propagate = False
-
-
-def configure_cpu_devices(count):
-    """Splits the CPU into `count` logical devices (for MirroredStrategy tests); TensorFlow must
-    not have started its devices yet."""
-    import tensorflow as tf
-
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
-    except RuntimeError:
-        raise ValueError(
-            "--cpu-devices must be set before TensorFlow initialises its devices (at the start of the process)."
-        ) from None
-
-
-def make_strategy(name, tpu=""):
-    """The tf.distribute strategy for --strategy; `mirrored` spans every GPU, or with none every
-    logical CPU device; `multi_worker_mirrored` reads its cluster from TF_CONFIG."""
-    import tensorflow as tf
-
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "one_device":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    if name == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if name == "multi_worker_mirrored":
-        config = os.environ.get("TF_CONFIG")
-        if not config:
-            raise ValueError(
-                "--strategy multi_worker_mirrored needs TF_CONFIG in the environment, e.g. "
-                '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}.'
-            )
-        try:
-            json.loads(config)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"TF_CONFIG is not valid JSON: {error}.") from None
-        from crossvit_keras import compat
-
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        compat.apply_multi_worker_fixes()
-        return strategy
-    if name == "tpu":
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (ValueError, tf.errors.OpError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"--strategy tpu: no TPU reachable (--tpu {tpu!r}): {first}") from None
-        return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"Unknown --strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
-
-
-def is_chief(strategy):
-    """Whether this process writes the shared artefacts (every process but multi-worker non-chiefs)."""
-    return bool(strategy.extended.should_checkpoint)
-
-
-def worker_index(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return int(resolver.task_id or 0) if resolver is not None and resolver.task_type else 0
 
 
 # ----------------------------------------------------------------------------- model and optimizer
@@ -285,136 +232,6 @@ def compile_model(model, optimizer, num_classes, jit_compile, steps_per_executio
     )
 
 
-# ----------------------------------------------------------------------------- callbacks
-
-
-def write_json(path, data):
-    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-
-
-def optimizer_step(model):
-    return int(model.optimizer.iterations.numpy())
-
-
-def _callback_classes():
-    import keras
-
-    from crossvit_keras.data import UNREADABLE
-
-    class EpochCheckpoint(keras.callbacks.BackupAndRestore):
-        """Keras' BackupAndRestore with one atomic file: after every epoch the whole model and its
-        optimizer go to DIR/checkpoint.keras; at the start of fit an existing one is loaded and
-        training continues after its last epoch (epoch = optimizer step / steps per epoch)."""
-
-        def __init__(self, directory, steps_per_epoch):
-            super().__init__(backup_dir=directory, save_freq="epoch", delete_checkpoint=False)
-            self.path = os.path.join(directory, CHECKPOINT)
-            self.steps_per_epoch = steps_per_epoch
-
-        def _load_model(self):
-            if os.path.exists(self.path):
-                self.model._initial_epoch = load_checkpoint(self.model, self.path, self.steps_per_epoch)
-
-        def _save_model(self):
-            save_model(self.model, self.path)
-
-    class EpochLog(keras.callbacks.Callback):
-        """One JSON line per epoch (loss, top1, top5, val_*, lr, images/s, ...) in LOG; a resumed
-        run first drops the lines of the epochs it redoes."""
-
-        def __init__(self, path, global_batch, steps_per_epoch, replicas, schedule, write=True):
-            super().__init__()
-            self.path = path
-            self.global_batch = global_batch
-            self.steps_per_epoch = steps_per_epoch
-            self.replicas = replicas
-            self.schedule = schedule
-            self.write = write
-            self._first_epoch = True
-
-        def on_epoch_begin(self, epoch, logs=None):
-            if self._first_epoch and self.write and os.path.exists(self.path):
-                with open(self.path, encoding="utf-8") as f:
-                    kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= epoch]
-                with atomic_path(self.path) as temporary, open(temporary, "w", encoding="utf-8") as f:
-                    f.writelines(kept)
-            self._first_epoch = False
-            self._start = time.perf_counter()
-            self._train_seconds = None
-            self._skipped = UNREADABLE.count
-
-        def on_test_begin(self, logs=None):
-            if self._train_seconds is None:
-                self._train_seconds = time.perf_counter() - self._start
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs if logs is not None else {}
-            seconds = time.perf_counter() - self._start
-            train_seconds = self._train_seconds or seconds
-            step = optimizer_step(self.model)
-            logs["lr"] = self.schedule.value(max(step - 1, 0))
-            exact_loss(logs)
-            record = {"epoch": epoch + 1, "step": step}
-            record.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
-            record.update(
-                images_per_second=round(self.steps_per_epoch * self.global_batch / train_seconds, 2),
-                epoch_seconds=round(seconds, 2),
-                skipped_images=UNREADABLE.count - self._skipped,
-                replicas=self.replicas,
-            )
-            if self.write:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-
-    class StopOnNaN(keras.callbacks.TerminateOnNaN):
-        """Keras' TerminateOnNaN, but with a message and an exception (so that neither the
-        checkpoint nor the final model is overwritten with NaN weights)."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._epoch = epoch
-
-        def on_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                raise NonFiniteLoss(
-                    f"The training loss became {float(loss)} in epoch {self._epoch + 1} (step {batch + 1}); "
-                    "training stopped and the last checkpoint is kept. Lower --lr, set --clip-grad, "
-                    "use --mixed-precision none, or check the data."
-                )
-
-    return EpochCheckpoint, EpochLog, StopOnNaN
-
-
-def exact_loss(logs):
-    """Puts the exact weighted cross-entropy ("ce") in place of Keras' loss (in place)."""
-    for prefix in ("", "val_"):
-        if f"{prefix}ce" in logs:
-            logs[f"{prefix}loss"] = logs.pop(f"{prefix}ce")
-    return logs
-
-
-def load_checkpoint(model, path, steps_per_epoch):
-    """Loads a checkpoint.keras (weights and optimizer state) into a compiled model; returns the
-    number of epochs it had finished."""
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-    model.load_weights(path)
-    step = optimizer_step(model)
-    epoch, rest = divmod(step, steps_per_epoch)
-    if rest:
-        raise ValueError(
-            f"{path} was saved at optimizer step {step}, not at the end of an epoch of {steps_per_epoch} steps: "
-            "resume with the --batch-size and number of replicas of the run that saved it "
-            "(or train in a new --output_dir)."
-        )
-    logger.info("resuming from %s: %d epoch(s) done, optimizer step %d", path, epoch, step)
-    return epoch
-
-
 # ----------------------------------------------------------------------------- runs
 
 
@@ -461,33 +278,6 @@ def check_args(args):
             raise ValueError(f"{flag} {path}: no such file.")
 
 
-def _distribution_settings(args, strategy):
-    """jit_compile and steps_per_execution, off where Keras 3.15 fails with them."""
-    import tensorflow as tf
-
-    jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
-    steps = args.steps_per_execution
-    if isinstance(strategy, tf.distribute.MirroredStrategy | tf.distribute.MultiWorkerMirroredStrategy):
-        name = type(strategy).__name__
-        if jit is not False:
-            logger.info("jit_compile off under %s (XLA fails there with Keras 3.15)", name)
-            jit = False
-        if steps > 1:
-            logger.info("steps_per_execution %d -> 1 under %s (fails there with Keras 3.15)", steps, name)
-            steps = 1
-    return jit, steps
-
-
-def _describe_strategy(strategy):
-    try:
-        devices = ", ".join(strategy.extended.worker_devices)
-    except RuntimeError:  # the default strategy: TensorFlow's own device placement
-        return "default strategy, one replica"
-    workers = getattr(getattr(strategy, "cluster_resolver", None), "cluster_spec", lambda: None)()
-    count = len(workers.job_tasks("worker")) if workers and "worker" in workers.jobs else 1
-    return f"{type(strategy).__name__} over {devices}" + (f" on each of {count} workers" if count > 1 else "")
-
-
 class Run:
     """Everything a training or evaluation run needs, prepared and checked before any training."""
 
@@ -502,7 +292,7 @@ class Run:
         self.strategy = make_strategy(args.strategy, args.tpu)
         self.replicas = self.strategy.num_replicas_in_sync
         self.chief = is_chief(self.strategy)
-        logger.info("replicas in sync: %d (%s)", self.replicas, _describe_strategy(self.strategy))
+        logger.info("replicas in sync: %d (%s)", self.replicas, describe_strategy(self.strategy))
         keras.utils.set_random_seed(args.seed + worker_index(self.strategy))
         if PRECISIONS[args.mixed_precision]:
             keras.config.set_dtype_policy(PRECISIONS[args.mixed_precision])
@@ -520,7 +310,7 @@ class Run:
         index = worker_index(self.strategy)
         self.work_dir = self.output_dir if self.chief else os.path.join(self.output_dir, f"worker_{index}")
         os.makedirs(self.work_dir, exist_ok=True)
-        self.jit_compile, self.steps_per_execution = _distribution_settings(args, self.strategy)
+        self.jit_compile, self.steps_per_execution = distribution_settings(args, self.strategy)
         self.tf = tf
 
     # --- data
@@ -614,7 +404,7 @@ class Run:
             **{k: v for k, v in vars(args).items()},
             "output_dir": self.output_dir,
             "replicas_in_sync": self.replicas,
-            "strategy": _describe_strategy(self.strategy),
+            "strategy": describe_strategy(self.strategy),
             "global_batch_size": self.global_batch,
             "scaled_lr": lr,
             "steps_per_epoch": steps_per_epoch,
@@ -649,7 +439,7 @@ class Run:
             self.dataset.train.description,
         )
 
-        EpochCheckpoint, EpochLog, StopOnNaN = _callback_classes()
+        EpochCheckpoint, EpochLog, StopOnNaN = callback_classes()
         callbacks = [
             StopOnNaN(),
             EpochLog(

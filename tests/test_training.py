@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers import REPO, run_python, tiny_model
 
-from crossvit_keras import data, training
+from crossvit_keras import callbacks, data, training
 from crossvit_keras.schedules import WarmupCosine
 
 RECIPE = os.path.join(REPO, "recipes", "imagenet.py")
@@ -144,7 +144,7 @@ def test_finetune_from_keras_file_keeps_weights_and_makes_a_new_head(tmp_path):
 
 
 def test_nan_loss_stops_training_with_a_clear_message(tmp_path):
-    _, _, StopOnNaN = training._callback_classes()
+    _, _, StopOnNaN = callbacks.callback_classes()
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     x = np.ones((8, 2), "float32")
