@@ -30,6 +30,15 @@ CASES = {
         [(2, 5, 8), (2, 3, 12)],
         {},
     ),
+    "NoFusion": (lambda: layers.NoFusion((8, 12), (2, 3)), [(2, 5, 8), (2, 3, 12)], {}),
+    "SelfAttentionBlock": (lambda: layers.SelfAttentionBlock(8, 2, drop_path_rate=0.1), (2, 5, 8), {}),
+    "AllAttentionFusion": (
+        lambda: layers.AllAttentionFusion((8, 12), (2, 3), depth=2),
+        [(2, 5, 8), (2, 3, 12)],
+        {},
+    ),
+    "ClassTokenFusion": (lambda: layers.ClassTokenFusion((8, 12), (2, 3)), [(2, 5, 8), (2, 3, 12)], {}),
+    "PairwiseFusion": (lambda: layers.PairwiseFusion((8, 12), (2, 3)), [(2, 17, 8), (2, 5, 12)], {}),
     "MultiScaleEncoder": (
         lambda: layers.MultiScaleEncoder((8, 12), (1, 2, 1), (2, 3), (2.0, 2.0), (0.0, 0.1)),
         [(2, 5, 8), (2, 3, 12)],

@@ -5,6 +5,8 @@
 - resize.py: BicubicResize, the large branch's PyTorch-exact input resize
 - transformer.py: MultiHeadSelfAttention, MLP, TransformerBlock
 - cross_attention.py: MultiHeadCrossAttention, CrossAttentionBlock, Projection (f, g), CrossAttentionFusion
+- fusions.py: the other fusions of Table 6: NoFusion, AllAttentionFusion (with SelfAttentionBlock),
+  ClassTokenFusion, PairwiseFusion
 - encoder.py: MultiScaleEncoder, one stage of the multi-scale encoder, and the FUSIONS table
 """
 
@@ -17,13 +19,22 @@ from crossvit_keras.layers.cross_attention import (
 )
 from crossvit_keras.layers.embedding import ClassTokenPositionEmbedding, PatchEmbedding
 from crossvit_keras.layers.encoder import FUSIONS, MultiScaleEncoder
+from crossvit_keras.layers.fusions import (
+    AllAttentionFusion,
+    ClassTokenFusion,
+    NoFusion,
+    PairwiseFusion,
+    SelfAttentionBlock,
+)
 from crossvit_keras.layers.resize import BicubicResize
 from crossvit_keras.layers.transformer import MLP, MultiHeadSelfAttention, TransformerBlock
 
 __all__ = [
     "FUSIONS",
     "MLP",
+    "AllAttentionFusion",
     "BicubicResize",
+    "ClassTokenFusion",
     "ClassTokenPositionEmbedding",
     "CrossAttentionBlock",
     "CrossAttentionFusion",
@@ -32,8 +43,11 @@ __all__ = [
     "MultiHeadCrossAttention",
     "MultiHeadSelfAttention",
     "MultiScaleEncoder",
+    "NoFusion",
+    "PairwiseFusion",
     "PatchEmbedding",
     "Projection",
+    "SelfAttentionBlock",
     "TransformerBlock",
     "gelu",
 ]

@@ -6,11 +6,18 @@ import keras
 
 from crossvit_keras.layers.base import register
 from crossvit_keras.layers.cross_attention import CrossAttentionFusion
+from crossvit_keras.layers.fusions import AllAttentionFusion, ClassTokenFusion, NoFusion, PairwiseFusion
 from crossvit_keras.layers.transformer import TransformerBlock
 
-# The fusion is one replaceable piece: the paper's Table 6 compares five schemes. Each takes
+# The fusion is one replaceable piece: the paper's Table 6 compares five schemes (I-V). Each takes
 # [tokens_small, tokens_large] and returns the two fused sequences.
-FUSIONS = {"cross_attention": CrossAttentionFusion}
+FUSIONS = {
+    "none": NoFusion,  # I
+    "all_attention": AllAttentionFusion,  # II, Eq. 2
+    "class_token": ClassTokenFusion,  # III, Eq. 3
+    "pairwise": PairwiseFusion,  # IV, Eq. 4
+    "cross_attention": CrossAttentionFusion,  # V, Eq. 5-7: CrossViT's
+}
 
 
 @register
