@@ -74,6 +74,8 @@ def build_parser():
     g.add_argument("--input-size", type=int, default=None, help="small branch's input size (default: the variant's)")
     g.add_argument("--drop", type=float, default=0.0, help="dropout before the heads")
     g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
+    fusions = ("none", "all_attention", "class_token", "pairwise", "cross_attention")
+    g.add_argument("--fusion", default=None, choices=fusions, help="paper Table 6 (default: the variant's)")
     g.add_argument("--model-overrides", type=json.loads, default=None, help="JSON dict of create_model overrides")
     g = p.add_argument_group("optimizer and schedule")
     g.add_argument("--opt", default="adamw", choices=("adamw", "sgd"), help="sgd: timm's (nesterov, L2 decay)")
@@ -193,6 +195,8 @@ def build_model(args, num_classes):
     overrides = {"drop_rate": args.drop, "drop_path_rate": args.drop_path, **(args.model_overrides or {})}
     if args.input_size:
         overrides["image_size"] = args.input_size
+    if args.fusion:
+        overrides["fusion"] = args.fusion
     if not args.finetune:
         return crossvit_keras.create_model(args.model, num_classes=num_classes, **overrides)
     if args.finetune.endswith(".keras"):
