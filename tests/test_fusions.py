@@ -177,3 +177,11 @@ def test_unknown_fusion_fails_at_construction():
 def test_layers_are_exported():
     for name in ("NoFusion", "AllAttentionFusion", "ClassTokenFusion", "PairwiseFusion", "SelfAttentionBlock"):
         assert getattr(layers, name) in keras.saving.get_custom_objects().values()
+
+
+def test_recipe_fusion_flag_offers_every_fusion():
+    from crossvit_keras import training
+
+    parser = training.build_parser()
+    assert [parser.parse_args(["--fusion", f]).fusion for f in FUSIONS] == list(FUSIONS)
+    assert [a for a in parser._actions if a.dest == "fusion"][0].choices == tuple(FUSIONS)
