@@ -54,3 +54,29 @@ def test_evaluation_reports_each_branch_and_writes_it_to_every_json(tmp_path, ca
     assert evaluation["val_top1_large_branch"] == pytest.approx(results["val_top1_large_branch"])
     assert "one branch alone: small" in capsys.readouterr().out
     assert os.path.exists(out / "model.keras")
+
+
+# ----------------------------------------------------------------------------- bench --fusion-scaling
+
+
+def test_growth_exponent_is_the_log_log_slope():
+    from crossvit_keras.fusion_scaling import growth_exponent
+
+    assert growth_exponent([100, 200, 400], [3.0, 12.0, 48.0]) == pytest.approx(2.0)
+    assert growth_exponent([100, 1000], [5.0, 50.0]) == pytest.approx(1.0)
+
+
+def test_fusion_scaling_command_runs_on_small_images(tmp_path, capsys):
+    from crossvit_keras import bench
+
+    out = tmp_path / "scaling"
+    argv = ["--fusion-scaling", "--scaling-fusions", "cross_attention", "--scaling-sizes", "48,96"]
+    assert bench.main([*argv, "--scaling-repeats", "1", "--scaling-output", str(out)]) == 0
+    results = json.loads((tmp_path / "scaling.json").read_text())
+    assert [r["tokens"] for r in results["results"]] == [[17, 10], [65, 37]]
+    for r in results["results"]:
+        assert r["forward_s"] > 0 and r["train_step_s"] > 0 and r["train_step_mib"] > 0, r
+    assert "cross_attention" in results["exponents"] and (tmp_path / "scaling.png").stat().st_size > 0
+    assert "| cross_attention | 96 | 65 + 37 |" in (tmp_path / "scaling.md").read_text()
+    assert bench.main(["--fusion-scaling", "--scaling-fusions", "no_such_fusion"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown fusion(s) ['no_such_fusion']")
