@@ -10,8 +10,18 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from crossvit_keras import configs, layers, optimizers  # noqa: E402
+from crossvit_keras.branches import branch_logits  # noqa: E402
 from crossvit_keras.export import export_saved_model  # noqa: E402
 from crossvit_keras.model import CrossViT, create_model, list_models  # noqa: E402
 
-__all__ = ["CrossViT", "configs", "create_model", "export_saved_model", "layers", "list_models", "optimizers"]
+__all__ = [
+    "CrossViT",
+    "branch_logits",
+    "configs",
+    "create_model",
+    "export_saved_model",
+    "layers",
+    "list_models",
+    "optimizers",
+]
 __version__ = "0.1.0"

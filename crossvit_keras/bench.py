@@ -3,6 +3,7 @@
     python -m crossvit_keras.bench --model crossvit_15_240 --batch-size 32 --train-batch-size 16
     python -m crossvit_keras.bench --model crossvit_15_240 --reference   # + timm, alternating
     python -m crossvit_keras.bench --macs                                 # params and GMACs of all variants
+    python -m crossvit_keras.bench --fusion-scaling   # one fusion's time and memory, 240..960 px (fusion_scaling.py)
 
 For every case (task x dtype x XLA) one worker process builds the model, warms it up and then
 times rounds of `--steps` batches; with `--reference` a second worker runs timm's same variant in
@@ -581,6 +582,9 @@ def build_parser():
     parser.add_argument("--keras-env", type=parse_env, action="append", default=[], help="KEY=VALUE for Keras workers")
     parser.add_argument("--macs", action="store_true", help="only print params and GMACs of all variants vs timm")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    from crossvit_keras import fusion_scaling
+
+    fusion_scaling.add_arguments(parser)
     return parser
 
 
@@ -589,6 +593,10 @@ def main(argv=None):
     args.keras_env = dict(args.keras_env)
     from crossvit_keras import configs
 
+    if args.fusion_scaling:
+        from crossvit_keras import fusion_scaling
+
+        return fusion_scaling.run(args)
     if args.macs:
         lines, ok = macs_table(list(configs.VARIANTS))
         print("\n".join(lines))

@@ -53,11 +53,21 @@ class ClassifierHead(keras.layers.Layer):
                 self.heads[b].build((input_shape[b][0], dim))
 
     def call(self, inputs, training=None):
-        # LayerNorm is per token, so normalising the CLS token alone equals timm's norm-then-select.
-        features = [self.drop(norm(x[:, 0]), training=training) for norm, x in zip(self.norms, inputs, strict=True)]
         if not self.heads:
-            return ops.concatenate(features, axis=-1)
-        return (self.heads[0](features[0]) + self.heads[1](features[1])) / 2
+            return ops.concatenate(self.features(inputs, training=training), axis=-1)
+        small, large = self.branch_logits(inputs, training=training)
+        return (small + large) / 2
+
+    def features(self, inputs, training=None):
+        """Each branch's normalised CLS token."""
+        # LayerNorm is per token, so normalising the CLS token alone equals timm's norm-then-select.
+        return [self.drop(norm(x[:, 0]), training=training) for norm, x in zip(self.norms, inputs, strict=True)]
+
+    def branch_logits(self, inputs, training=None):
+        """[small-branch logits, large-branch logits]: each head on its own branch's CLS token (the
+        paper's single-branch accuracy, Table 6); `call` returns their mean. For a whole model use
+        `crossvit_keras.branch_logits(model)`."""
+        return [head(x) for head, x in zip(self.heads, self.features(inputs, training=training), strict=True)]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.num_classes or sum(self.dims))

@@ -11,14 +11,15 @@ Flags keep the names and defaults of DeiT's and the official CrossViT's main.py 
 train.py for --scale, --ratio, --hflip), with the paper's values. An output directory gets:
 
     config.json          the resolved configuration (replicas in sync, global batch, scaled lr, ...)
-    log.jsonl            one JSON line per epoch: loss, top1, top5, val_*, lr, images_per_second, ...
+    log.jsonl            one JSON line per epoch: loss, top1, top5, val_* (with val_top1_small_branch and
+                         val_top1_large_branch: each branch's head alone), lr, images_per_second, ...
     tensorboard/         TensorBoard logs
     checkpoint.keras     model + optimizer after the last finished epoch; a new run with the same
                          --output_dir continues from it (the optimizer step count included)
     model.keras          the final model
     saved_model/1/       the SavedModel for TF Serving (crossvit_keras.export)
     training_curves.png  loss, accuracy and learning rate per epoch
-    results.json         the final evaluation
+    results.json         the final evaluation (top-1 of the ensemble and of each branch alone)
 """
 
 import argparse
@@ -30,12 +31,12 @@ import time
 
 from crossvit_keras import configs
 from crossvit_keras.atomic import save_model
+from crossvit_keras.branches import BRANCH_METRICS
 from crossvit_keras.callbacks import (
     CHECKPOINT,
     LOG,
     NonFiniteLoss,
     callback_classes,
-    exact_loss,
     load_checkpoint,
     optimizer_step,
     write_json,
@@ -56,6 +57,7 @@ PRECISIONS = {"none": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_floa
 FINAL_MODEL = "model.keras"
 # DeiT's RASampler repeats each image this many times.
 REPEATS = 3
+BRANCH_VAL_METRICS = tuple(f"val_{name}" for name in BRANCH_METRICS)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -285,6 +287,8 @@ def check_args(args):
 class Run:
     """Everything a training or evaluation run needs, prepared and checked before any training."""
 
+    _evaluation = (None, None)
+
     def __init__(self, args):
         import keras
         import tensorflow as tf
@@ -322,11 +326,13 @@ class Run:
     def _distribute(self, make):
         return self.strategy.distribute_datasets_from_function(make)
 
-    def val_data(self, image_size, repeat=False):
+    def val_data(self, image_size, repeat=False, branches=False):
+        """The validation set, distributed; branches=True: targets for `branches.evaluation_model`."""
         from crossvit_keras import data
+        from crossvit_keras.branches import repeat_targets
 
         def make(context):
-            return data.eval_dataset(
+            dataset = data.eval_dataset(
                 self.dataset.val,
                 image_size,
                 self.eval_batch,
@@ -336,6 +342,7 @@ class Run:
                 crop_pct=self.args.crop_pct,
                 repeat=repeat,
             )
+            return dataset.map(repeat_targets) if branches else dataset
 
         return self._distribute(make)
 
@@ -444,8 +451,11 @@ class Run:
         )
 
         EpochCheckpoint, EpochLog, StopOnNaN = callback_classes()
+        from crossvit_keras.branches import BranchAccuracy
+
         callbacks = [
             StopOnNaN(),
+            BranchAccuracy(lambda: self._evaluate(model, verbose=0)),  # before the callbacks that log
             EpochLog(
                 os.path.join(self.output_dir, LOG),
                 self.global_batch,
@@ -487,11 +497,7 @@ class Run:
         if "val_top1" not in metrics:  # nothing left to train: evaluate what the checkpoint holds
             metrics = self._evaluate(model)
         else:
-            metrics = {
-                "loss": metrics["val_loss"],
-                "top1": metrics["val_top1"],
-                "top5": metrics["val_top5"],
-            }
+            metrics = {k[4:]: metrics[k] for k in ("val_loss", "val_top1", "val_top5", *BRANCH_VAL_METRICS)}
         self._report(metrics, model.name)
         if self.chief:
             self._write_artefacts(model, metrics, seconds)
@@ -514,6 +520,7 @@ class Run:
             "val_top1": metrics["top1"],
             "val_top5": metrics["top5"],
             "val_loss": metrics["loss"],
+            **{f"val_{k}": metrics[k] for k in BRANCH_METRICS},
             "val_images": self.dataset.val.size,
             "replicas_in_sync": self.replicas,
             "optimizer_step": optimizer_step(model),
@@ -524,27 +531,38 @@ class Run:
 
     # --- evaluation
 
-    def _evaluate(self, model):
-        logs = model.evaluate(
-            self.val_data(model.image_size),
+    def _evaluate(self, model, verbose=None):
+        """loss, top1, top5 of the model and top1 of each branch alone, in one pass."""
+        from crossvit_keras import branches
+
+        if self._evaluation[0] is not model:  # (model, its evaluation model), made once per model
+            with self.strategy.scope():
+                evaluation = branches.evaluation_model(model)
+                branches.compile_evaluation_model(
+                    evaluation, self.num_classes, self.jit_compile, self.steps_per_execution
+                )
+            self._evaluation = (model, evaluation)
+        logs = self._evaluation[1].evaluate(
+            self.val_data(model.image_size, branches=True),
             steps=self.val_steps,
-            verbose=self.args.verbose if self.chief else 0,
+            verbose=(self.args.verbose if verbose is None else verbose) if self.chief else 0,
             return_dict=True,
         )
-        exact_loss(logs)
-        return {"loss": float(logs["loss"]), "top1": float(logs["top1"]), "top5": float(logs["top5"])}
+        return branches.evaluation_metrics(logs)
 
     def _report(self, metrics, name):
         from crossvit_keras.data import UNREADABLE
 
         skipped = f", {UNREADABLE.count} unreadable image(s) skipped" if UNREADABLE.count else ""
         logger.info(
-            "%s on %s: top-1 %.2f%%  top-5 %.2f%%  loss %.4f%s",
+            "%s on %s: top-1 %.2f%%  top-5 %.2f%%  loss %.4f; one branch alone: small %.2f%%, large %.2f%%%s",
             name,
             self.dataset.val.description,
             100 * metrics["top1"],
             100 * metrics["top5"],
             metrics["loss"],
+            100 * metrics["top1_small_branch"],
+            100 * metrics["top1_large_branch"],
             skipped,
         )
 
