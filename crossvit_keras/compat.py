@@ -1,5 +1,9 @@
 """Fixes for Keras bugs that training meets, each guarded and applied only where it is needed.
 
+A. XLA under MirroredStrategy / MultiWorkerMirroredStrategy (`MirroredXLA`, below).
+
+B. MultiWorkerMirroredStrategy (`apply_multi_worker_fixes`).
+
 `model.fit` under tf.distribute.MultiWorkerMirroredStrategy fails in Keras 3.15 in two private
 functions of keras.src.backend.tensorflow.trainer (two workers on loopback, one CPU each):
 
@@ -90,3 +94,104 @@ def apply_multi_worker_fixes():
     trainer._crossvit_keras_patched = True
     logger.info("compat: patched Keras for MultiWorkerMirroredStrategy: %s", ", ".join(bugs))
     return bugs
+
+
+# ----------------------------------------------------------------------------- A. XLA under MirroredStrategy
+#
+# Keras 3.15's TensorFlow trainer (`TensorFlowTrainer._make_function`) compiles `one_step_on_data`,
+# which calls `strategy.run(train_step)` and reduces across replicas, with
+# `tf.function(jit_compile=True)`: XLA then compiles the cross-replica step on one device and fails
+# with "Trying to access resource .../replica_1/... located in device CPU:1 from device CPU:0"
+# (fit and evaluate; predict compiles inside the replica and works). `MirroredXLA` splits the step
+# instead: XLA compiles each replica's forward, loss and gradients (in the replica context, on the
+# replica's device), and Keras' own code outside it does the rest: the gradient all-reduce and the
+# optimizer's update (loss scaling, global_clipnorm, the fused AdamW), the loss tracker and metrics.
+
+
+def mirrored_xla_bug():
+    """Whether the installed Keras compiles the cross-replica step with XLA (read from its source)."""
+    from keras.src.backend.tensorflow import trainer
+
+    try:
+        source = inspect.getsource(trainer.TensorFlowTrainer._make_function)
+    except (OSError, TypeError):  # no source files: cannot tell, assume the bug is there
+        return True
+    return "distribute_strategy.run(" in source and "jit_compile=self.jit_compile" in source
+
+
+def _split_applies(model):
+    strategy = model.distribute_strategy
+    return (
+        bool(model.jit_compile)
+        and not model.run_eagerly
+        and isinstance(strategy, tf.distribute.MirroredStrategy | tf.distribute.MultiWorkerMirroredStrategy)
+        and mirrored_xla_bug()
+    )
+
+
+class MirroredXLA:
+    """A Keras Model mixin: `jit_compile=True` under MirroredStrategy and MultiWorkerMirroredStrategy
+    compiles each replica's forward, loss and gradients with XLA; the gradient all-reduce, the
+    optimizer's update and the metrics run outside the compiled function, as in Keras' train_step.
+    Elsewhere (other strategies, jit_compile off, a Keras without the bug) it changes nothing."""
+
+    def make_train_function(self, force=False):
+        return self._make_split_function(super().make_train_function, force)
+
+    def make_test_function(self, force=False):
+        return self._make_split_function(super().make_test_function, force)
+
+    def _make_split_function(self, make, force):
+        # Keras reads jit_compile when it builds the function: off for the cross-replica step, and
+        # the flag the steps below read says whether to compile each replica's part instead.
+        self._replica_xla = _split_applies(self)
+        if not self._replica_xla:
+            return make(force)
+        self._jit_compile = False
+        try:
+            return make(force)
+        finally:
+            self._jit_compile = True
+
+    def train_step(self, data):
+        if not getattr(self, "_replica_xla", False):
+            return super().train_step(data)
+        from keras.src.losses.loss import unscale_loss_for_distribution
+        from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
+
+        x, y, sample_weight = unpack_x_y_sample_weight(data)
+        variables = self.trainable_weights
+
+        @tf.function(jit_compile=True)
+        def loss_and_gradients(x, y, sample_weight):
+            with tf.GradientTape() as tape:
+                y_pred = self(x, training=True)
+                loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+                scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
+            return y_pred, loss, tape.gradient(scaled, variables)
+
+        y_pred, loss, gradients = loss_and_gradients(x, y, sample_weight)
+        self._loss_tracker.update_state(
+            unscale_loss_for_distribution(loss), sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
+        )
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        if not getattr(self, "_replica_xla", False):
+            return super().test_step(data)
+        from keras.src.losses.loss import unscale_loss_for_distribution
+        from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
+
+        x, y, sample_weight = unpack_x_y_sample_weight(data)
+
+        @tf.function(jit_compile=True)
+        def predictions_and_loss(x, y, sample_weight):
+            y_pred = self(x, training=False)
+            return y_pred, self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
+
+        y_pred, loss = predictions_and_loss(x, y, sample_weight)
+        self._loss_tracker.update_state(
+            unscale_loss_for_distribution(loss), sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
+        )
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

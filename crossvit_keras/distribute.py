@@ -75,19 +75,27 @@ def worker_index(strategy):
     return int(resolver.task_id or 0) if resolver is not None and resolver.task_type else 0
 
 
+def replicas_are_gpus(strategy):
+    devices = strategy.extended.worker_devices
+    return bool(devices) and all("GPU" in device.upper() for device in devices)
+
+
 def distribution_settings(args, strategy):
-    """jit_compile and steps_per_execution, off where Keras 3.15 fails with them."""
+    """jit_compile and steps_per_execution for the strategy. Under MirroredStrategy and
+    MultiWorkerMirroredStrategy, XLA compiles each replica's step (crossvit_keras.compat.MirroredXLA)
+    and `--jit-compile auto` is on when the replicas are GPUs (as Keras' "auto" is on one GPU), off
+    on CPUs; steps_per_execution > 1 is turned off there (model.fit fails with it in Keras 3.15)."""
     import tensorflow as tf
 
     jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
     steps = args.steps_per_execution
     if isinstance(strategy, tf.distribute.MirroredStrategy | tf.distribute.MultiWorkerMirroredStrategy):
         name = type(strategy).__name__
-        if jit is not False:
-            logger.info("jit_compile off under %s (XLA fails there with Keras 3.15)", name)
-            jit = False
+        if jit == "auto":
+            jit = replicas_are_gpus(strategy)
+            logger.info("jit_compile %s under %s (auto: on when the replicas are GPUs)", "on" if jit else "off", name)
         if steps > 1:
-            logger.info("steps_per_execution %d -> 1 under %s (fails there with Keras 3.15)", steps, name)
+            logger.info("steps_per_execution %d -> 1 under %s (model.fit fails there with Keras 3.15)", steps, name)
             steps = 1
     return jit, steps
 

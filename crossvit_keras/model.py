@@ -11,6 +11,7 @@ import numpy as np
 from keras import ops
 
 from crossvit_keras import configs
+from crossvit_keras.compat import MirroredXLA
 from crossvit_keras.layers import FUSIONS, ClassTokenPositionEmbedding, MultiScaleEncoder, PatchEmbedding
 from crossvit_keras.layers.base import dense, layer_norm, register
 from crossvit_keras.layers.resize import BicubicResize
@@ -110,12 +111,13 @@ def _validate(image_sizes, patch_sizes, embed_dims, depths, num_heads, mlp_ratio
 
 
 @register
-class CrossViT(keras.Model):
+class CrossViT(MirroredXLA, keras.Model):
     """CrossViT as a Keras functional model.
 
     Input: NHWC float images of size image_sizes[0], normalised with the ImageNet mean and std.
     Output: float32 logits (num_classes), or with num_classes = 0 the two CLS features concatenated.
-    Build a released variant with `crossvit_keras.create_model(name)`."""
+    Build a released variant with `crossvit_keras.create_model(name)`. `jit_compile=True` also
+    works under MirroredStrategy (crossvit_keras.compat.MirroredXLA)."""
 
     def __init__(
         self,

@@ -123,7 +123,12 @@ def build_parser():
     g.add_argument("--strategy", default="default", choices=STRATEGIES)
     g.add_argument("--tpu", default="", help="TPU name or address for --strategy tpu ('' = local)")
     g.add_argument("--mixed-precision", default="none", choices=tuple(PRECISIONS))
-    g.add_argument("--jit-compile", default="auto", choices=("auto", "on", "off"))
+    g.add_argument(
+        "--jit-compile",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="XLA; auto: Keras' choice, and under mirrored strategies on when the replicas are GPUs",
+    )
     g.add_argument("--steps-per-execution", type=int, default=1)
     g.add_argument("--cpu-devices", type=int, default=0, help="split the CPU into N logical devices (testing)")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress: 1 = bar")
