@@ -12,8 +12,10 @@ the graph:
 
 Outputs: `probabilities` [batch, classes] (softmax of the float32 logits), `top_k_indices` and
 `top_k_probabilities` [batch, k], and `top_k_names` [batch, k] when the class names are known.
-Bad input (wrong rank or channel count, bytes that are not an image) fails in the graph with an
-InvalidArgument error that says what is wrong.
+Bad input fails in the graph with an InvalidArgument error that says what is wrong and, for
+`image_bytes`, which element: wrong rank or channel count, NaN or infinite pixels, bytes that are
+not an image (quoted in hex), a damaged header, an image cut short, or one of more than
+`max_pixels` pixels (read from its header, so that a decompression bomb is never decoded).
 """
 
 import argparse
@@ -27,14 +29,18 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from crossvit_keras import image_header
+from crossvit_keras.atomic import default_mode
 from crossvit_keras.preprocessing import DEFAULT_CROP_PCT, eval_transform
 
 IMAGES_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
 TOP_K = 5
 
-# The first bytes of the formats tf.io.decode_image reads (besides JPEG: tf.io.is_jpeg).
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+# The largest image `serving_bytes` decodes, in pixels (width x height, from the header): a 40 MP
+# image takes about 0.6 GB to decode and resize; a small file of larger dimensions is a
+# decompression bomb. --max-pixels at export changes it.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def read_class_names(path):
@@ -97,6 +103,13 @@ def _assert(condition, template, *tensors):
     return tf.debugging.Assert(condition, [tf.strings.format(template, tensors, summarize=8)])
 
 
+def _message(*parts):
+    """One string tensor from Python strings and scalar tensors (numbers written out, strings as
+    they are: tf.strings.format would quote them)."""
+    strings = [p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p) for p in parts]
+    return tf.strings.join(strings)
+
+
 def _checked_images(images):
     """`images` of any rank -> [batch, height, width, 3], after asserting it is one.
 
@@ -115,21 +128,51 @@ def _checked_images(images):
         _assert(tf.reduce_all(shape[1:3] > 0), "`images` must be at least 1 x 1 pixels; got shape {}", shape),
     ]
     with tf.control_dependencies(checks):
-        return tf.reshape(images, tf.stack([shape[0], shape[1], shape[2], 3]))
-
-
-def _is_image(data):
-    """Whether a string scalar starts like an image tf.io.decode_image can read."""
-    head = tf.strings.substr(data, 0, 12) + b"\0" * 12  # padded: substr fails past the end
-    found = [tf.io.is_jpeg(data)]
-    found += [tf.equal(tf.strings.substr(head, 0, len(magic)), magic) for magic in _IMAGE_MAGIC]
-    webp = tf.logical_and(
-        tf.equal(tf.strings.substr(head, 0, 4), b"RIFF"), tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")
+        images = tf.reshape(images, tf.stack([shape[0], shape[1], shape[2], 3]))
+    bad = tf.reduce_any(tf.reshape(tf.logical_not(tf.math.is_finite(images)), [shape[0], -1]), axis=1)
+    finite = _assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        "`images` must be RGB values in [0, 255]; images[{}] has NaN or infinite values ({} image(s) of the batch do)",
+        tf.argmax(bad),
+        tf.reduce_sum(tf.cast(bad, tf.int32)),
     )
-    return tf.reduce_any(tf.stack([*found, webp]))
+    with tf.control_dependencies([finite]):
+        return tf.identity(images)
 
 
-def _serving_functions(model, image_size, class_names, top_k, crop_pct):
+def _checked_image_bytes(data, index, max_pixels):
+    """An encoded image's bytes, after asserting from its header (crossvit_keras.image_header) that
+    it is a JPEG, PNG, GIF, BMP or WebP image of at most `max_pixels` pixels and not cut off: the
+    errors name the batch index and quote bytes in hex, and a bomb is refused before decoding."""
+    code, height, width, complete = image_header.read_header(data)
+    kind = tf.gather(tf.constant(image_header.FORMATS), code)
+    size = tf.strings.length(data)
+    start = (", starting ", image_header.hex_prefix(data), " in hex)")  # hex: raw bytes are not UTF-8
+    checks = [
+        (code != image_header.UNKNOWN, "is not an encoded JPEG, PNG, GIF, BMP or WebP image (", size, " bytes", *start),
+        (height > 0, "is a ", kind, " image whose header is damaged or cut short (", size, " bytes", *start),
+        (width > 0, "is a ", kind, " image whose header is damaged or cut short (", size, " bytes", *start),
+        (
+            height * width <= max_pixels,
+            "is a ",
+            kind,
+            " image of ",
+            width,
+            " x ",
+            height,
+            f" pixels, more than the {max_pixels} this model takes (--max-pixels at export); send a smaller image",
+        ),
+        (complete, "is a truncated ", kind, " image (", size, " bytes; its end is missing)"),
+    ]
+    done = []
+    for condition, *parts in checks:  # one after the other: the first that fails is reported
+        with tf.control_dependencies(done):
+            done = [tf.debugging.Assert(condition, [_message("image_bytes[", index, "] ", *parts)])]
+    with tf.control_dependencies(done):
+        return tf.identity(data)
+
+
+def _serving_functions(model, image_size, class_names, top_k, crop_pct, max_pixels=DEFAULT_MAX_PIXELS):
     """The two signature functions: raw pixels and encoded images."""
     names = None if class_names is None else tf.constant(list(class_names))
 
@@ -160,14 +203,8 @@ def _serving_functions(model, image_size, class_names, top_k, crop_pct):
     def serve_bytes(image_bytes):
         def decode(element):
             data, index = element
-            ok = _assert(
-                _is_image(data),
-                "image_bytes[{}] is not an encoded JPEG, PNG, GIF, BMP or WebP image (it starts with {})",
-                index,
-                tf.strings.substr(data, 0, 16),
-            )
-            with tf.control_dependencies([ok]):
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            data = _checked_image_bytes(data, index, max_pixels)
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
             return eval_transform(image, image_size, crop_pct)
 
         indices = tf.range(tf.shape(image_bytes)[0])
@@ -181,11 +218,21 @@ def _serving_functions(model, image_size, class_names, top_k, crop_pct):
     return serve_images, serve_bytes
 
 
-def export_saved_model(model, path, class_names=None, *, top_k=TOP_K, crop_pct=DEFAULT_CROP_PCT, overwrite=False):
+def export_saved_model(
+    model,
+    path,
+    class_names=None,
+    *,
+    top_k=TOP_K,
+    crop_pct=DEFAULT_CROP_PCT,
+    overwrite=False,
+    max_pixels=DEFAULT_MAX_PIXELS,
+):
     """Write `model` (a Keras image classifier, e.g. a CrossViT) as a SavedModel for TF Serving.
 
     path: the SavedModel directory; for TF Serving a numbered version, e.g. models/crossvit_15/1.
     class_names: one name per class (adds the `top_k_names` output), or None.
+    max_pixels: `serving_bytes` refuses larger images (width x height from the header) undecoded.
     The SavedModel is written to a hidden temporary directory beside `path` and renamed into place,
     so neither a reader nor TF Serving (which ignores non-numeric names) sees it half-written.
     Returns the path."""
@@ -201,6 +248,8 @@ def export_saved_model(model, path, class_names=None, *, top_k=TOP_K, crop_pct=D
     top_k = min(int(top_k), num_classes)
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    if int(max_pixels) < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}.")
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(
@@ -208,7 +257,7 @@ def export_saved_model(model, path, class_names=None, *, top_k=TOP_K, crop_pct=D
             "or pass overwrite=True (--overwrite)."
         )
 
-    serve_images, serve_bytes = _serving_functions(model, image_size, class_names, top_k, crop_pct)
+    serve_images, serve_bytes = _serving_functions(model, image_size, class_names, top_k, crop_pct, int(max_pixels))
     archive = keras.export.ExportArchive()  # tracks the variables the endpoints use
     # Unknown rank, so that a wrong rank reaches the graph's check instead of failing signature matching.
     archive.add_endpoint(
@@ -223,7 +272,7 @@ def export_saved_model(model, path, class_names=None, *, top_k=TOP_K, crop_pct=D
     staging = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
     try:
         archive.write_out(staging, verbose=False)
-        os.chmod(staging, 0o755)  # mkdtemp made it private; the server may run as another user
+        os.chmod(staging, default_mode(directory=True))  # mkdtemp's is private; the server may be another user
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
             os.replace(path, os.path.join(old, base))
@@ -277,12 +326,24 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=TOP_K, help="number of top classes returned (default 5)")
     parser.add_argument("--crop-pct", type=float, default=DEFAULT_CROP_PCT, help="evaluation crop (0.875)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"serving_bytes refuses larger images, undecoded (default {DEFAULT_MAX_PIXELS:,})",
+    )
     args = parser.parse_args(argv)
     try:
         model = load_keras_model(args.model)
         names, note = resolve_class_names(args.class_names, model_num_classes(model))
         path = export_saved_model(
-            model, args.output, names, top_k=args.top_k, crop_pct=args.crop_pct, overwrite=args.overwrite
+            model,
+            args.output,
+            names,
+            top_k=args.top_k,
+            crop_pct=args.crop_pct,
+            overwrite=args.overwrite,
+            max_pixels=args.max_pixels,
         )
     except (ValueError, FileExistsError) as error:
         parser.exit(2, f"error: {error}\n")

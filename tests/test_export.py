@@ -8,8 +8,11 @@ converter."""
 
 import json
 import os
+import resource
+import stat
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -26,6 +29,8 @@ from crossvit_keras.preprocessing import eval_transform
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 from fixture_weights import random_state_dict, shapes_from_json  # noqa: E402
+from serving_load_test import encode, png_bomb  # noqa: E402
+from serving_load_test import run as load_test  # noqa: E402
 
 CLASS_NAMES = ["ant", "bee", "cat", "dog", "eel", "fox", "gnu"]
 OUTPUTS = {"probabilities", "top_k_indices", "top_k_probabilities", "top_k_names"}
@@ -141,6 +146,60 @@ def test_bytes_that_are_not_an_image_fail_naming_the_element(loaded):
             serve_bytes(image_bytes=tf.constant(batch))
     with pytest.raises(tf.errors.InvalidArgumentError, match="PNG"):  # an image's magic, then garbage
         serve_bytes(image_bytes=tf.constant([good[:40]]))
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_without_decoding(loaded):
+    serve_bytes = loaded.signatures["serving_bytes"]
+    good, bomb = png(data.chelsea()), png_bomb(20000, 20000)  # 49 kB; 1.2 GB decoded as RGB
+    serve_bytes(image_bytes=tf.constant([good]))  # warm
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    message = r"image_bytes\[1\] is a PNG image of 20000 x 20000 pixels, more than the 40000000 this model takes"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serve_bytes(image_bytes=tf.constant([good, bomb]))
+    assert time.perf_counter() - start < 5  # decoding it took 11.6 s
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024 < 100  # MiB; decoding: > 1200
+
+
+def test_non_finite_pixels_are_refused(loaded):
+    images = np.full((3, 20, 30, 3), 128.0, "float32")
+    for value in (np.nan, np.inf, -np.inf):
+        images[2, 4, 5, 1] = value
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"images\[2\] has NaN or infinite values"):
+            loaded.signatures["serving_default"](images=tf.constant(images))
+
+
+def test_messages_quote_bytes_in_hex_so_that_clients_can_read_them(loaded, exported, tmp_path):
+    junk = b"\x80\xff\xfe\x00 not UTF-8 \xc3\x28"
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([png(data.chelsea()), junk]))
+    assert "image_bytes[1] is not an encoded JPEG, PNG, GIF, BMP or WebP image (17 bytes, starting " in str(error.value)
+    assert "80 ff fe 00 20 6e 6f 74 20 55 54 46 2d 38 20 c3 in hex)" in error.value.message
+    # TF Serving's REST API puts the message in JSON; saved_model_cli (TensorFlow's Python client)
+    # raised UnicodeDecodeError formatting the raw bytes.
+    np.save(tmp_path / "junk.npy", np.array([junk]))
+    run = ["run", "--dir", exported, "--tag_set", "serve", "--signature_def", "serving_bytes"]
+    result = run_isolated(SAVED_MODEL_CLI, *run, "--inputs", "image_bytes=junk.npy", cwd=tmp_path)
+    assert result.returncode != 0 and "UnicodeDecodeError" not in result.stderr
+    assert "image_bytes[0] is not an encoded JPEG" in result.stderr and "starting 80 ff fe 00" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "WEBP"])
+def test_a_truncated_image_names_its_index(loaded, fmt):
+    encoded = encode(data.chelsea(), fmt)
+    batch = [png(data.coffee()), png(data.coffee()), encoded[: len(encoded) * 3 // 4]]
+    name = "WebP" if fmt == "WEBP" else fmt
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"image_bytes\[2\] is a truncated {name} image"):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant(batch))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes\[0\] is a JPEG image whose header"):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([encode(data.chelsea(), "JPEG")[:300]]))
+
+
+def test_load_of_good_and_bad_requests_from_several_threads(exported):
+    """A small bounded run of tools/serving_load_test.py (the README's numbers come from a longer one)."""
+    stats = load_test(exported, threads=3, requests=40, seconds=60, log=lambda line: None)
+    assert stats["wrong"] == [] and stats["requests"] == 40 and stats["good"] > 0 and stats["bad"] > 0
+    assert stats["rss_growth_second_half_mib"] < 200
 
 
 # Runs in `python -I` (no PYTHONPATH, no user site, no current directory on the path) with keras,
@@ -268,6 +327,8 @@ def test_overwrite_replaces_and_a_failed_write_leaves_nothing(tmp_path, monkeypa
     path = tmp_path / "models" / "small" / "1"
     model = small_classifier()
     export_saved_model(model, path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o755  # the umask's (022), not mkdtemp's 0700
+    assert stat.S_IMODE(os.stat(path / "saved_model.pb").st_mode) == 0o644
     first = tf.saved_model.load(str(path)).signatures["serving_default"]
     assert "top_k_names" not in first.structured_outputs  # no class names given
     assert first.structured_outputs["top_k_indices"].shape.as_list() == [None, 3]  # top_k <= classes
@@ -290,6 +351,19 @@ def test_overwrite_replaces_and_a_failed_write_leaves_nothing(tmp_path, monkeypa
     assert os.listdir(path.parent) == ["1"]
     out = tf.saved_model.load(str(path)).signatures["serving_default"](images=tf.ones([1, 20, 30, 3]))
     assert out["top_k_names"].numpy()[0, 0] == b"c"  # the previous export is intact
+
+
+def test_max_pixels_is_set_at_export(tmp_path, capsys):
+    model = small_classifier()
+    model.save(tmp_path / "small.keras")
+    output = tmp_path / "models" / "small" / "1"
+    assert export.main(["--model", str(tmp_path / "small.keras"), "--output", str(output), "--max-pixels", "1000"]) == 0
+    serve_bytes = tf.saved_model.load(str(output)).signatures["serving_bytes"]
+    serve_bytes(image_bytes=tf.constant([png(np.zeros((25, 40, 3), np.uint8))]))  # 1000 pixels
+    for fmt in ("JPEG", "PNG", "GIF", "BMP", "WEBP"):
+        encoded = encode(np.zeros((25, 41, 3), np.uint8), fmt)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="41 x 25 pixels, more than the 1000 this model takes"):
+            serve_bytes(image_bytes=tf.constant([encoded]))
 
 
 def test_bad_arguments_are_refused_before_writing(tmp_path):
