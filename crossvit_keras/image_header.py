@@ -24,7 +24,9 @@ UNKNOWN, JPEG, PNG, GIF, BMP, WEBP = range(len(FORMATS))
 # profiles split over up to 255 APP2 segments). More than this is not a photograph: refused.
 MAX_JPEG_SEGMENTS = 1024
 _PAD = 32  # zero bytes after the data, so that reads at fixed offsets never run past the end
-_HEX = tf.constant([f"{i:02x}" for i in range(256)])
+# a list, not a tensor: a tensor made at import would start TensorFlow's eager context, after which
+# MultiWorkerMirroredStrategy can no longer configure its collective ops
+_HEX = [f"{i:02x}" for i in range(256)]
 
 
 def _starts_with(raw, prefix, offset=0):
@@ -169,4 +171,4 @@ def hex_prefix(data, count=16):
     """The first `count` bytes of a string scalar in hex ("89 50 4e 47 ..."), safe to put in an
     error message (raw bytes there are not UTF-8, which TensorFlow's Python client and JSON need)."""
     raw = tf.io.decode_raw(tf.strings.substr(data, 0, tf.minimum(count, tf.strings.length(data))), tf.uint8)
-    return tf.strings.reduce_join(tf.gather(_HEX, tf.cast(raw, tf.int32)), separator=" ")
+    return tf.strings.reduce_join(tf.gather(tf.constant(_HEX), tf.cast(raw, tf.int32)), separator=" ")

@@ -89,3 +89,16 @@ def test_hex_prefix_quotes_bytes_safely():
     assert image_header.hex_prefix(tf.constant(b"\x89PNG\x00\xff")).numpy() == b"89 50 4e 47 00 ff"
     assert image_header.hex_prefix(tf.constant(bytes(range(40)))).numpy().count(b" ") == 15
     assert image_header.hex_prefix(tf.constant(b"")).numpy() == b""
+
+
+def test_importing_the_package_does_not_start_tensorflow():
+    """A tensor made at import starts TensorFlow's eager context, after which
+    MultiWorkerMirroredStrategy and logical CPU devices can no longer be configured."""
+    from helpers import run_python
+
+    out = run_python(
+        "import crossvit_keras, crossvit_keras.training, crossvit_keras.visualize\n"
+        "from tensorflow.python.eager import context\n"
+        "print(context.context()._context_handle is None)"
+    )
+    assert out.strip() == "True"
