@@ -135,11 +135,24 @@ def build_parser():
     return p
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a line is logged, not the stream of the first call (a
+    replaced and closed stdout, as under pytest's capture or a redirecting caller, would raise)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging():
     """This package's log lines on stdout, once."""
     root = logging.getLogger("crossvit_keras")
     if not any(getattr(h, "_crossvit_keras", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
         handler._crossvit_keras = True
         root.addHandler(handler)

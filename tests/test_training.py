@@ -288,3 +288,17 @@ def test_parser_defaults_are_the_papers():
         0.1,
     )
     assert tuple(args.scale) == (0.08, 1.0) and args.hflip == 0.5 and isinstance(args, argparse.Namespace)
+
+
+def test_log_lines_go_to_the_current_stdout_not_a_closed_one(monkeypatch):
+    import io
+    import logging
+
+    training.setup_logging()
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", first)
+    logging.getLogger("crossvit_keras.test").info("one")
+    first.close()  # as pytest's capture does between tests
+    monkeypatch.setattr(sys, "stdout", second)
+    logging.getLogger("crossvit_keras.test").info("two")
+    assert second.getvalue().endswith("two\n")
