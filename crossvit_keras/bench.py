@@ -4,6 +4,7 @@
     python -m crossvit_keras.bench --model crossvit_15_240 --reference   # + timm, alternating
     python -m crossvit_keras.bench --macs                                 # params and GMACs of all variants
     python -m crossvit_keras.bench --fusion-scaling   # one fusion's time and memory, 240..960 px (fusion_scaling.py)
+    python -m crossvit_keras.bench --gpu              # multi-GPU training and inference img/s (bench_gpu.py)
 
 For every case (task x dtype x XLA) one worker process builds the model, warms it up and then
 times rounds of `--steps` batches; with `--reference` a second worker runs timm's same variant in
@@ -160,19 +161,7 @@ class KerasRunner:
             "version": f"keras {keras.__version__}, tf {tf.__version__} ({onednn})",
         }
         self.marks = {}
-        marks = self.marks
-
-        class Clock(keras.callbacks.Callback):
-            def on_predict_begin(self, logs=None):
-                marks["begin"] = time.perf_counter()
-
-            on_train_begin = on_predict_begin
-
-            def on_predict_end(self, logs=None):
-                marks["end"] = time.perf_counter()
-
-            on_train_end = on_predict_end
-
+        Clock = clock_callback(keras, self.marks)
         if task == "predict":
             model.compile(jit_compile=jit)
             images = random_images(np, batch * steps, size)
@@ -202,6 +191,23 @@ class KerasRunner:
         if not self.marks:
             return end - start, 0.0
         return self.marks["end"] - self.marks["begin"], end - start - (self.marks["end"] - self.marks["begin"])
+
+
+def clock_callback(keras, marks):
+    """A callback class that marks the begin and end of the loop over the batches of predict/fit."""
+
+    class Clock(keras.callbacks.Callback):
+        def on_predict_begin(self, logs=None):
+            marks["begin"] = time.perf_counter()
+
+        on_train_begin = on_predict_begin
+
+        def on_predict_end(self, logs=None):
+            marks["end"] = time.perf_counter()
+
+        on_train_end = on_predict_end
+
+    return Clock
 
 
 def compile_for_training(model, jit_compile="auto"):
@@ -265,7 +271,7 @@ class TimmRunner:
         return time.perf_counter() - start, 0.0
 
 
-def worker_main(kind, spec):
+def worker_main(kind, spec, runners=None):
     """Builds the runner, warms it up, then answers {"op": "run"} with timings until {"op": "stop"}."""
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything the frameworks print goes to stderr, not into the protocol
@@ -274,7 +280,7 @@ def worker_main(kind, spec):
         protocol.write(json.dumps(message) + "\n")
 
     try:
-        runner = (KerasRunner if kind == "keras" else TimmRunner)(spec)
+        runner = (runners or {"keras": KerasRunner, "timm": TimmRunner})[kind](spec)
         warmup = [sum(runner.run()) for _ in range(spec["warmup"])]
         reply(ready=True, warmup_seconds=warmup, peak_rss_mb=peak_rss_mb(), **runner.info)
         for line in sys.stdin:
@@ -293,16 +299,17 @@ def worker_main(kind, spec):
 class Worker:
     """A worker process seen from the parent."""
 
-    def __init__(self, kind, spec, python, env=None):
+    def __init__(self, kind, spec, python, env=None, module="bench"):
+        """`module`: the file of this package whose `--worker KIND SPEC` entry runs the worker."""
         self.kind = kind
         self.log = tempfile.TemporaryFile(mode="w+")
-        if kind == "keras":
+        if kind.startswith("keras"):
             package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            argv = [python, "-m", "crossvit_keras.bench"]
+            argv = [python, "-m", f"crossvit_keras.{module}"]
             path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
             env = {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
         else:  # -P: no script directory on sys.path, so crossvit_keras' modules shadow nothing
-            argv = [python, "-P", os.path.abspath(__file__)]
+            argv = [python, "-P", os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{module}.py")]
         self.proc = subprocess.Popen(
             [*argv, "--worker", kind, json.dumps(spec)],
             stdin=subprocess.PIPE,
@@ -400,14 +407,16 @@ class ForeignLoad:
         return False
 
 
-def measure_case(spec, args, case_label):
+def measure_case(spec, args, case_label, workers=None):
     """Runs one case: Keras (and timm) workers, alternating rounds. Returns a result dict.
 
     A round in which other processes used more than `args.max_foreign_load` cores is repeated
-    (at most `args.retries` times per case); the rounds kept and their foreign load are reported."""
-    workers = {"keras": Worker("keras", spec, sys.executable, env=args.keras_env)}
-    if args.reference:
-        workers["timm"] = Worker("timm", spec, args.reference_python)
+    (at most `args.retries` times per case); the rounds kept and their foreign load are reported.
+    `workers`: {"keras": Worker, "timm": Worker} already started (default: this module's)."""
+    if workers is None:
+        workers = {"keras": Worker("keras", spec, sys.executable, env=args.keras_env)}
+        if args.reference:
+            workers["timm"] = Worker("timm", spec, args.reference_python)
     try:
         infos = {kind: worker.ready() for kind, worker in workers.items()}
         foreign = ForeignLoad([worker.proc.pid for worker in workers.values()])
@@ -582,9 +591,10 @@ def build_parser():
     parser.add_argument("--keras-env", type=parse_env, action="append", default=[], help="KEY=VALUE for Keras workers")
     parser.add_argument("--macs", action="store_true", help="only print params and GMACs of all variants vs timm")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    from crossvit_keras import fusion_scaling
+    from crossvit_keras import bench_gpu, fusion_scaling
 
     fusion_scaling.add_arguments(parser)
+    bench_gpu.add_arguments(parser)
     return parser
 
 
@@ -597,6 +607,10 @@ def main(argv=None):
         from crossvit_keras import fusion_scaling
 
         return fusion_scaling.run(args)
+    if args.gpu:
+        from crossvit_keras import bench_gpu
+
+        return bench_gpu.run(args)
     if args.macs:
         lines, ok = macs_table(list(configs.VARIANTS))
         print("\n".join(lines))

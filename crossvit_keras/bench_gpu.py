@@ -1,0 +1,301 @@
+"""`python -m crossvit_keras.bench --gpu`: the one command a GPU host runs to report multi-GPU
+training and inference speed (issue 14).
+
+    python -m crossvit_keras.bench --gpu                       # every GPU count 1, 2, 4, ... up to all
+    python -m crossvit_keras.bench --gpu --gpu-counts 1,8 --json gpu.json
+
+For each GPU count n, dtype (float32, mixed_bfloat16, mixed_float16) and XLA (off, on): one worker
+process trains `--model` (default crossvit_15_240, the paper's Table 2 model) with the recipe's
+compile (AdamW, soft-target cross-entropy, drop path 0.1; Keras wraps the optimizer in a
+LossScaleOptimizer under mixed_float16) under `tf.distribute.MirroredStrategy` over the first n
+GPUs, at the paper's per-GPU batch of 128, on one synthetic global batch repeated by tf.data
+(the input pipeline is not measured), and reports training img/s; inference is `model.predict`
+at batch 64 per GPU (the paper's Table 2 setting: CrossViT-15 at 640 img/s on one V100). XLA on
+under MirroredStrategy uses the per-replica split of `crossvit_keras.compat.MirroredXLA`.
+
+With `--reference` and a reference python whose torch sees CUDA, timm's same variant runs side by
+side on one GPU (eager, torch.autocast for the mixed dtypes with a GradScaler for float16, timed
+with torch.cuda.synchronize), in alternating rounds; timm has no XLA, so its figure is the same
+for both XLA rows. Multi-GPU timm (DistributedDataParallel under torchrun) is not run.
+
+Without a GPU it says so and measures the CPU as one device with a small batch (`--gpu-batch-size`,
+default 128 on GPUs and 4 on the CPU), so the command is tested on CPU-only machines.
+
+Like bench.py, this file imports only the standard library at module level: the timm worker runs it
+as a script (`python -P bench_gpu.py --worker timm-gpu SPEC`) in an environment without TensorFlow.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+DTYPES = ("float32", "mixed_bfloat16", "mixed_float16")
+TASKS = ("fit", "predict")
+PAPER_INFERENCE = "the paper (Table 2): crossvit_15 inference 640 img/s on one V100 at batch 64"
+GPU_BATCH = {"fit": 128, "predict": 64}  # per GPU: the paper's training recipe and Table 2
+CPU_BATCH = 4
+
+
+def _bench():
+    """crossvit_keras/bench.py, imported by file so that it works in the timm worker too."""
+    if "crossvit_keras.bench" in sys.modules:
+        return sys.modules["crossvit_keras.bench"]
+    spec = importlib.util.spec_from_file_location(
+        "_crossvit_bench", os.path.join(os.path.dirname(__file__), "bench.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class KerasGpuRunner:
+    """One case on n GPUs (or the CPU when n is 0) under MirroredStrategy; `run()` times `steps`
+    batches of the global batch with the same clock as bench.KerasRunner."""
+
+    def __init__(self, spec):
+        import keras
+        import numpy as np
+        import tensorflow as tf
+
+        import crossvit_keras
+
+        bench = _bench()
+        gpus = tf.config.list_logical_devices("GPU")[: spec["gpus"]]
+        devices = [d.name for d in gpus] if spec["gpus"] else ["/cpu:0"]
+        strategy = tf.distribute.MirroredStrategy(devices)
+        task, batch, steps = spec["task"], spec["batch_size"], spec["steps"]
+        jit = {"off": False, "on": True}[spec["xla"]]
+        with strategy.scope():
+            overrides = {"drop_path_rate": bench.RECIPE["drop_path_rate"]} if task == "fit" else {}
+            model = crossvit_keras.create_model(spec["model"], dtype=spec["dtype"], **overrides)
+            if task == "fit":
+                bench.compile_for_training(model, jit)
+            else:
+                model.compile(jit_compile=jit)
+        size = model.image_size
+        images = bench.random_images(np, batch, size)
+        labels = bench.one_hot_labels(np, batch)
+        data = tf.data.Dataset.from_tensors((images, labels) if task == "fit" else images)
+        data = data.repeat().prefetch(tf.data.AUTOTUNE)
+        self.marks = {}
+        clock = bench.clock_callback(keras, self.marks)
+        if task == "fit":
+            self._run = lambda: model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[clock()])
+        else:
+            self._run = lambda: model.predict(data, steps=steps, verbose=0, callbacks=[clock()])
+        self.info = {
+            "params": model.count_params(),
+            "version": f"keras {keras.__version__}, tf {tf.__version__}",
+            "devices": devices,
+            "xla": bool(model.jit_compile),
+        }
+
+    run = _bench().KerasRunner.run
+
+
+class TimmGpuRunner:
+    """timm's side on one CUDA GPU, eager, as timm's users train and run it."""
+
+    def __init__(self, spec):
+        import numpy as np
+        import timm
+        import torch
+        from timm.loss import SoftTargetCrossEntropy
+
+        bench = _bench()
+        self.torch = torch
+        task, batch, steps = spec["task"], spec["batch_size"], spec["steps"]
+        train = task == "fit"
+        device = torch.device("cuda:0")
+        drop_path = bench.RECIPE["drop_path_rate"] if train else 0.0
+        model = timm.create_model(spec["model"], drop_path_rate=drop_path).to(device)
+        size = model.default_cfg["input_size"][-1]
+        dtype = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}.get(spec["dtype"])
+        autocast = torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None)
+        x = torch.from_numpy(bench.random_images(np, batch, size, channels_first=True)).to(device)
+        self.info = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "version": f"timm {timm.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name(0)}",
+        }
+        if train:
+            model.train()
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=bench.RECIPE["learning_rate"], weight_decay=bench.RECIPE["weight_decay"]
+            )
+            scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+            loss_fn = SoftTargetCrossEntropy()
+            y = torch.from_numpy(bench.one_hot_labels(np, batch)).to(device)
+
+            def run():
+                for _ in range(steps):
+                    with autocast:
+                        loss = loss_fn(model(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+        else:
+            model.eval()
+
+            def run():
+                with torch.inference_mode(), autocast:
+                    for _ in range(steps):
+                        model(x)
+
+        self._run = run
+
+    def run(self):
+        self.torch.cuda.synchronize()
+        start = time.perf_counter()
+        self._run()
+        self.torch.cuda.synchronize()
+        return time.perf_counter() - start, 0.0
+
+
+RUNNERS = {"keras-gpu": KerasGpuRunner, "timm-gpu": TimmGpuRunner}
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent.
+
+
+def add_arguments(parser):
+    g = parser.add_argument_group("multi-GPU training and inference (--gpu)")
+    g.add_argument("--gpu", action="store_true", help="training and inference img/s per GPU count (see bench_gpu.py)")
+    g.add_argument("--gpu-counts", help="comma-separated GPU counts (default 1, 2, 4, ... up to all GPUs)")
+    g.add_argument("--gpu-dtypes", default=",".join(DTYPES), help="default float32,mixed_bfloat16,mixed_float16")
+    g.add_argument("--gpu-tasks", default=",".join(TASKS), help="fit,predict (default both)")
+    g.add_argument("--gpu-xla", default="off,on", help="off,on (default both)")
+    g.add_argument("--gpu-batch-size", type=int, help="per-device batch (default fit 128, predict 64; CPU 4)")
+
+
+def count_gpus():
+    """Physical GPUs TensorFlow sees (listing them configures no logical device)."""
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def torch_has_cuda(python):
+    code = "import torch, timm; print(torch.cuda.is_available())"
+    try:
+        result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300)
+    except OSError:
+        return False
+    return result.returncode == 0 and result.stdout.strip().endswith("True")
+
+
+def gpu_counts(text, available):
+    if text:
+        counts = sorted({int(v) for v in text.split(",") if v.strip()})
+        bad = [n for n in counts if n < 1 or n > available]
+        if bad:
+            raise ValueError(f"--gpu-counts {text}: this machine has {available} GPU(s); choose counts from 1 to it")
+        return counts
+    counts, n = [], 1
+    while n <= available:
+        counts.append(n)
+        n *= 2
+    return counts if counts[-1] == available else [*counts, available]
+
+
+def choices(text, allowed, flag):
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise ValueError(f"{flag} {text}: choose from {', '.join(allowed)} (comma-separated)")
+    return values
+
+
+def row(result):
+    n, rates = result["gpus"], result["median"]
+    keras_rate, timm_rate = rates["keras"], rates.get("timm")
+    per_device = keras_rate / max(n, 1)
+    cells = [
+        n or "CPU",
+        result["task"],
+        result["dtype"],
+        f"{result['xla']} ({'on' if result['infos']['keras']['xla'] else 'off'})",
+        result["batch_size"],
+        f"{keras_rate:.1f}",
+        f"{per_device:.1f}",
+        "-" if timm_rate is None else f"{timm_rate:.1f}",
+        "-" if timm_rate is None else f"{keras_rate / timm_rate:.2f}",
+    ]
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def run(args):
+    bench = _bench()
+    from crossvit_keras import configs
+
+    model = configs.canonical_name(args.model)
+    try:
+        dtypes = choices(args.gpu_dtypes, DTYPES, "--gpu-dtypes")
+        tasks = choices(args.gpu_tasks, TASKS, "--gpu-tasks")
+        xla_modes = choices(args.gpu_xla, ("off", "on"), "--gpu-xla")
+        available = count_gpus()
+        counts = gpu_counts(args.gpu_counts, available) if available else [0]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not available:
+        bench.log(f"no GPU found: measuring the CPU as one device ({bench.cpu_name()}), not a GPU figure")
+        dtypes = [d for d in dtypes if d != "mixed_float16"]  # float16 matmuls have no fast CPU kernels
+    reference = args.reference and available and torch_has_cuda(os.path.expanduser(args.reference_python))
+    if args.reference and not reference:
+        bench.log("--reference: timm runs only on a GPU here (torch with CUDA); skipped")
+    cases = [(n, t, d, x) for n in counts for t in tasks for d in dtypes for x in xla_modes]
+    results = []
+    for index, (n, task, dtype, xla) in enumerate(cases, 1):
+        per_device = args.gpu_batch_size or (GPU_BATCH[task] if n else CPU_BATCH)
+        spec = {
+            "model": model,
+            "gpus": n,
+            "task": task,
+            "dtype": dtype,
+            "xla": xla,
+            "batch_size": per_device * max(n, 1),
+            "steps": args.steps,
+            "warmup": args.warmup,
+        }
+        label = f"[{index}/{len(cases)}] {n or 'CPU'} x {task} {dtype} xla={xla} batch {spec['batch_size']}"
+        bench.log(f"{label}: building and warming up")
+        workers = {"keras": bench.Worker("keras-gpu", spec, sys.executable, env=args.keras_env, module="bench_gpu")}
+        if reference and n == 1:
+            workers["timm"] = bench.Worker("timm-gpu", spec, args.reference_python, module="bench_gpu")
+        try:
+            results.append({**bench.measure_case(spec, args, label, workers=workers), "gpus": n})
+        except RuntimeError as error:
+            bench.log(f"{label}: FAILED, skipped: {error}")
+    where = f"{available} GPU(s)" if available else f"no GPU: the CPU ({bench.cpu_name()})"
+    lines = [
+        f"### {model} under MirroredStrategy, {where}; {args.rounds} rounds of {args.steps} batches "
+        f"after {args.warmup} warm-up",
+        "",
+        "| GPUs | task | dtype | XLA | global batch | Keras img/s | per device | timm img/s (1 GPU) | Keras/timm |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        *map(row, results),
+        "",
+        f"For comparison, {PAPER_INFERENCE}.",
+    ]
+    if results:
+        versions = {kind: info["version"] for kind, info in results[0]["infos"].items()}
+        lines.append("Versions: " + "; ".join(versions.values()) + ".")
+    print("\n".join(lines))
+    if args.json:
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0 if len(results) == len(cases) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        _bench().worker_main(sys.argv[2], json.loads(sys.argv[3]), runners=RUNNERS)
+    else:
+        sys.exit("run it as: python -m crossvit_keras.bench --gpu")
