@@ -10,6 +10,8 @@ each branch with `evaluation_model` in one pass over the validation set.
 
 import keras
 
+from crossvit_keras.compat import MirroredXLA
+
 # The branches in the model's order: branch 0 has the small patches (12), branch 1 the large (16).
 BRANCHES = ("small", "large")
 BRANCH_METRICS = tuple(f"top1_{branch}_branch" for branch in BRANCHES)
@@ -28,10 +30,15 @@ def branch_logits(model):
     return keras.Model(model.input, outputs, name=f"{model.name}_branches")
 
 
+class EvaluationModel(MirroredXLA, keras.Model):
+    """A functional model that, like CrossViT, evaluates with XLA under MirroredStrategy."""
+
+
 def evaluation_model(model):
     """images -> [logits, small-branch logits, large-branch logits] with `model`'s weights: the
     ensemble and both branches from one forward pass (`compile_evaluation_model` adds the metrics)."""
-    return keras.Model(model.input, [model.output, *branch_logits(model).outputs], name=f"{model.name}_eval")
+    outputs = [model.output, *branch_logits(model).outputs]
+    return EvaluationModel(model.input, outputs, name=f"{model.name}_eval")
 
 
 def compile_evaluation_model(model, num_classes, jit_compile="auto", steps_per_execution=1):

@@ -72,3 +72,12 @@ def test_two_workers_train_in_sync(tmp_path):
     for name in chief:
         np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
     assert (out / "model.keras").exists() and not os.path.exists(out / "worker_1" / "model.keras")
+
+
+def test_keras_still_compiles_the_cross_replica_step_with_xla():
+    """compat.MirroredXLA exists because Keras 3.15's trainer wraps `strategy.run` in
+    tf.function(jit_compile=True). When this fails, Keras compiles per replica itself: delete
+    MirroredXLA (and CrossViT's mixin) and this test."""
+    from crossvit_keras import compat
+
+    assert compat.mirrored_xla_bug()
