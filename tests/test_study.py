@@ -80,3 +80,10 @@ def test_fusion_scaling_command_runs_on_small_images(tmp_path, capsys):
     assert "| cross_attention | 96 | 65 + 37 |" in (tmp_path / "scaling.md").read_text()
     assert bench.main(["--fusion-scaling", "--scaling-fusions", "no_such_fusion"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: unknown fusion(s) ['no_such_fusion']")
+
+
+def test_the_evaluation_model_is_split_for_xla_like_crossvit():
+    """Under MirroredStrategy with XLA the recipe evaluates through this model: it needs the split."""
+    from crossvit_keras import branches, compat
+
+    assert isinstance(branches.evaluation_model(tiny_model()), compat.MirroredXLA)
