@@ -3,8 +3,10 @@ past a damaged one at the right epoch and optimizer step, refuses a resume of an
 dataset or batch size, and a full or unwritable output directory, in one line each."""
 
 import errno
+import io
 import json
 import os
+import pickle
 import shutil
 import zipfile
 
@@ -143,3 +145,117 @@ def test_a_failed_save_keeps_both_checkpoints(tmp_path):
         callbacks.save_checkpoint(model, tmp_path)
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert sorted(os.listdir(tmp_path)) == sorted(before)  # no half-written file left behind
+
+
+# ----------------------------------------------------------------------------- convert and predict on bad files
+
+
+class Code:
+    """A pickle that would run a shell command when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def bad_checkpoints(root):
+    """{name: path} of files the converter must refuse in one line."""
+    from safetensors.numpy import save_file
+
+    root.mkdir()
+    save_file({"encoder.layer.0.weight": np.zeros((4, 4), "float32")}, root / "other_model.safetensors")
+    good = (root / "other_model.safetensors").read_bytes()
+    files = {"empty.safetensors": b"", "truncated.safetensors": good[: len(good) // 2], "empty.pth": b""}
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):  # GLOBAL, STACK_GLOBAL
+        files[f"code_protocol_{protocol}.pth"] = pickle.dumps({"w": Code(root / "marker")}, protocol)
+    archive = io.BytesIO()  # torch's zip layout, its data.pkl running code
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps(Code(root / "marker"), 2))
+    files["code_in_zip.pth"] = archive.getvalue()
+    files["truncated_zip.pth"] = archive.getvalue()[:40]
+    for name, content in files.items():
+        (root / name).write_bytes(content)
+    (root / "directory.safetensors").mkdir()
+    return {path.name: path for path in root.iterdir()}
+
+
+EXPECTED_CONVERT = {
+    "other_model.safetensors": "do not fit model 'crossvit_tiny_240'. 1 unexpected checkpoint tensor(s): encoder",
+    "empty.safetensors": "is empty (0 bytes)",
+    "truncated.safetensors": "not a readable .safetensors checkpoint (truncated?)",
+    "empty.pth": "is empty (0 bytes)",
+    "code_protocol_2.pth": "refused: its pickle calls posix.system",
+    f"code_protocol_{pickle.HIGHEST_PROTOCOL}.pth": "refused: its pickle calls posix.system",
+    "code_in_zip.pth": "refused: its pickle calls posix.system",
+    "truncated_zip.pth": "is not a PyTorch checkpoint, or is truncated",
+    "directory.safetensors": "is a directory, not a checkpoint file",
+}
+
+
+def test_convert_refuses_bad_files_in_one_line_and_writes_nothing(tmp_path, capsys):
+    from crossvit_keras import convert
+
+    files = bad_checkpoints(tmp_path / "bad")
+    assert sorted(files) == sorted(EXPECTED_CONVERT)
+    for name, path in files.items():
+        output = tmp_path / "out" / "model.keras"
+        with pytest.raises(SystemExit) as exit_info:
+            convert.main(["--model", "crossvit_tiny_240", "--checkpoint", str(path), "--output", str(output)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 1 and len(lines) == 1 and lines[0].startswith("error: "), (name, lines)
+        assert EXPECTED_CONVERT[name] in lines[0], (name, lines[0])
+        assert not (tmp_path / "out").exists(), name
+    assert not (tmp_path / "bad" / "marker").exists()  # no pickle ran its code
+
+
+def test_predict_refuses_bad_model_files_and_reports_bad_images_in_one_line_each(tmp_path, capsys):
+    import tensorflow as tf
+    from helpers import tiny_model
+    from skimage import data as samples
+
+    from crossvit_keras import predict
+
+    tiny_model(num_classes=3).save(tmp_path / "model.keras")
+    model = (tmp_path / "model.keras").read_bytes()
+    (tmp_path / "empty.keras").write_bytes(b"")
+    (tmp_path / "truncated.keras").write_bytes(model[: len(model) // 2])
+    (tmp_path / "folder.keras").mkdir()
+    with zipfile.ZipFile(tmp_path / "wrong.keras", "w") as archive:
+        archive.writestr("notes.txt", "a zip, not a Keras model")
+    png = tf.io.encode_png(samples.chelsea()).numpy()
+    jpeg = tf.io.encode_jpeg(samples.coffee()).numpy()
+    (tmp_path / "cat.png").write_bytes(png)
+    images = {
+        "notes.jpg": (b"hello, not an image", "not a JPEG, PNG, GIF, BMP or WebP image (19 bytes, starting 68 65 6c"),
+        "empty.png": (b"", "the file is empty"),
+        "cut.png": (png[: len(png) // 2], "a truncated PNG image"),
+        "cut.jpg": (jpeg[: len(jpeg) // 2], "a truncated JPEG image"),
+    }
+    for name, (content, _) in images.items():
+        (tmp_path / name).write_bytes(content)
+    for name, expected in [
+        ("empty.keras", "not a .keras file (not a zip archive, 0 bytes"),
+        ("truncated.keras", "not a .keras file (not a zip archive"),
+        ("notes.jpg", "not a .keras file (not a zip archive"),
+        ("folder.keras", "is a directory"),
+        ("wrong.keras", "cannot load the model"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main(["--model", str(tmp_path / name), str(tmp_path / "cat.png")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (name, lines)
+        assert expected in lines[0], lines[0]
+    paths = [str(tmp_path / name) for name in images]
+    assert predict.main(["--model", str(tmp_path / "model.keras"), str(tmp_path / "cat.png"), *paths]) == 1
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(images) and f"{len(images)} of {len(images) + 1} images could not be read." in err
+    for line, (name, (_, expected)) in zip(errors, images.items(), strict=True):
+        assert line.startswith(f"error: cannot read {tmp_path / name}: ") and expected in line, line
+    assert str(tmp_path / "cat.png") in out  # the good image was classified
+    assert "Traceback" not in out + err
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["model.keras", "empty.keras", "truncated.keras", "folder.keras", "wrong.keras", "cat.png", *images]
+    )  # nothing written
