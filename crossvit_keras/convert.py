@@ -408,6 +408,8 @@ def convert(model_name, checkpoint, output, num_classes=None, image_size=None, l
     output = os.fspath(output)
     if not output.endswith(".keras"):
         raise ValueError(f"The output must be a .keras file, got {output}.")
+    if os.path.isdir(output):
+        raise ValueError(f"The output {output} is a directory; give the path of a .keras file.")
     state_dict = load_checkpoint(checkpoint)
     if num_classes is None:
         head = state_dict.get("head.0.weight")
@@ -436,7 +438,9 @@ def main(argv=None):
         configs.canonical_name(args.model)
         convert(args.model, args.checkpoint, args.output, args.num_classes, args.image_size)
     except (ValueError, OSError, ImportError) as error:
-        parser.exit(1, f"error: {_first_line(error) if isinstance(error, OSError) else error}\n")
+        if isinstance(error, OSError) and error.strerror:  # e.g. a read-only or full output directory
+            error = f"cannot convert {args.checkpoint} to {args.output}: {error.strerror}"
+        parser.exit(1, f"error: {error}\n")
 
 
 if __name__ == "__main__":

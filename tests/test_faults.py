@@ -208,6 +208,19 @@ def test_convert_refuses_bad_files_in_one_line_and_writes_nothing(tmp_path, caps
         assert EXPECTED_CONVERT[name] in lines[0], (name, lines[0])
         assert not (tmp_path / "out").exists(), name
     assert not (tmp_path / "bad" / "marker").exists()  # no pickle ran its code
+    (tmp_path / "folder.keras").mkdir()
+    with pytest.raises(SystemExit):
+        convert.main(
+            [
+                "--model",
+                "crossvit_tiny_240",
+                "--checkpoint",
+                str(files["other_model.safetensors"]),
+                "--output",
+                str(tmp_path / "folder.keras"),
+            ]
+        )
+    assert "error: The output" in capsys.readouterr().err and not os.listdir(tmp_path / "folder.keras")
 
 
 def test_predict_refuses_bad_model_files_and_reports_bad_images_in_one_line_each(tmp_path, capsys):
