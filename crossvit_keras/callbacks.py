@@ -194,6 +194,18 @@ def _json(value):
     return json.loads(json.dumps(value, default=str))
 
 
+def read_config(path):
+    """A run's config.json; ValueError with the fix if it is damaged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as error:
+        raise ValueError(
+            f"{path} is damaged ({error}), so a resume cannot be checked against the run's settings; "
+            "delete it to resume anyway, or use a new --output_dir."
+        ) from None
+
+
 def check_same_run(saved, current, config_path):
     """Raises ValueError naming the first difference (model, architecture, class count, batch size)
     that keeps the run described by `current` from resuming the checkpoints of `saved` (both
@@ -207,7 +219,7 @@ def check_same_run(saved, current, config_path):
         ("the global batch (--batch-size x replicas)", saved.get("global_batch_size"), current["global_batch_size"]),
     ]
     for what, old, new in checks:
-        if _json(old) != _json(new):
+        if old is not None and _json(old) != _json(new):  # (a key an older config.json lacks is not checked)
             raise ValueError(
                 f"cannot resume the run in {os.path.dirname(config_path)}: {what} is {json.dumps(_json(new))} "
                 f"here, {json.dumps(_json(old))} in its {os.path.basename(config_path)}; rerun with its settings, "

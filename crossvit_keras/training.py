@@ -43,6 +43,7 @@ from crossvit_keras.callbacks import (
     check_space,
     checkpoint_files,
     optimizer_step,
+    read_config,
     resume,
     write_json,
 )
@@ -456,8 +457,7 @@ class Run:
         }
         config_path = os.path.join(self.output_dir, "config.json")
         if checkpoint_files(self.work_dir) and os.path.exists(config_path):  # resuming: the same run?
-            with open(config_path, encoding="utf-8") as f:
-                check_same_run(json.load(f), config, config_path)
+            check_same_run(read_config(config_path), config, config_path)
         check_space(model, self.work_dir)
         with self.strategy.scope():
             initial_epoch = resume(model, self.work_dir, args.resume, steps_per_epoch)

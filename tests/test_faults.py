@@ -115,6 +115,15 @@ def test_resuming_another_model_dataset_or_batch_size_is_refused(two_epochs, tmp
     assert iterations(out / callbacks.CHECKPOINT) == 4
 
 
+def test_a_damaged_config_json_is_one_line(two_epochs, tmp_path, capsys):
+    source, images = two_epochs
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    (out / "config.json").write_text('{"model": ')
+    error = one_error(capsys, recipe(out, images, "--epochs", "2"))
+    assert "config.json is damaged" in error and "delete it to resume anyway" in error, error
+
+
 def test_a_full_disk_or_unwritable_directory_fails_before_training(two_epochs, tmp_path, capsys, monkeypatch):
     _, images = two_epochs
     (tmp_path / "file").write_text("in the way")
