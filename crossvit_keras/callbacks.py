@@ -240,7 +240,8 @@ def resume(model, directory, resume_file, steps_per_epoch):
     what is wrong); a damaged one of DIR is then renamed to NAME.damaged, so that the next rotation
     keeps the good one. If there were some and none is usable, raises ValueError with the fix (and
     leaves every file as it was)."""
-    candidates = checkpoint_files(directory) + ([resume_file] if resume_file else [])
+    own = checkpoint_files(directory)
+    candidates = own + ([resume_file] if resume_file else [])
     problems = []
     for index, path in enumerate(candidates):
         try:
@@ -250,17 +251,17 @@ def resume(model, directory, resume_file, steps_per_epoch):
             following = f"; trying {candidates[index + 1]}" if index + 1 < len(candidates) else ""
             logger.warning("cannot resume from %s (%s)%s", path, _problem(error), following)
             continue
-        for damaged, _ in problems:
-            if os.path.dirname(os.path.abspath(damaged)) == os.path.abspath(directory):
-                os.replace(damaged, damaged + ".damaged")
-                logger.warning("moved the damaged %s to %s.damaged", damaged, damaged)
+        for damaged in (path for path, _ in problems if path in own):
+            os.replace(damaged, damaged + ".damaged")
+            logger.warning("moved the damaged %s to %s.damaged", damaged, damaged)
         return epoch
     if problems:
         listed = "; ".join(f"{path}: {problem}" for path, problem in problems)
-        raise ValueError(
-            f"no usable checkpoint to resume from ({listed}); delete the checkpoint files "
-            f"(or the directory {directory}) to start afresh, or pass --resume FILE with a good checkpoint."
-        )
+        fix = "pass --resume a good checkpoint, or leave it out to start afresh"
+        if own:
+            fix = f"delete the checkpoint files (or the directory {directory}) to start afresh, or pass --resume FILE"
+            fix += " with a good checkpoint"
+        raise ValueError(f"no usable checkpoint to resume from ({listed}); {fix}.")
     return 0
 
 

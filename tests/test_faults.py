@@ -90,6 +90,9 @@ def test_no_usable_checkpoint_is_one_error_line_with_the_fix(two_epochs, tmp_pat
     assert "no usable checkpoint" in error and "BadZipFile" in error and "model.weights.h5" in error, error
     assert "delete the checkpoint files" in error and "--resume FILE" in error
     assert (out / callbacks.CHECKPOINT).read_bytes() == b"not a zip file"  # nothing replaced
+    error = one_error(capsys, recipe(tmp_path / "new", images, "--resume", str(out / callbacks.CHECKPOINT)))
+    assert f"no usable checkpoint to resume from ({out / callbacks.CHECKPOINT}: BadZipFile" in error, error
+    assert "pass --resume a good checkpoint, or leave it out to start afresh" in error
 
 
 WIDER = json.dumps({**json.loads(TINY[3]), "embed_dims": [16, 48]})
