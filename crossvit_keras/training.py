@@ -679,4 +679,7 @@ def main(argv=None):
     except (NonFiniteLoss, CheckpointWriteError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
+    except OSError as error:  # writing model.keras or a JSON file after training (a full disk, ...)
+        print(f"error: {error}; the checkpoints are kept: rerun the same command to finish.", file=sys.stderr)
+        return 1
     return 0

@@ -138,6 +138,29 @@ def test_a_full_disk_or_unwritable_directory_fails_before_training(two_epochs, t
     assert not (tmp_path / "run" / callbacks.CHECKPOINT).exists()
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        callbacks.CheckpointWriteError("cannot write the checkpoint x: No space left on device; ..."),
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "model.keras"),
+    ],
+)
+def test_a_failure_while_training_or_writing_is_one_line_and_exit_status_1(failure, capsys, monkeypatch):
+    class Run:
+        def __init__(self, args):
+            pass
+
+        def prepare_train(self):
+            def fail():
+                raise failure
+
+            return fail
+
+    monkeypatch.setattr(training, "Run", Run)
+    error = one_error(capsys, training.main([]), expected=1)
+    assert "No space left on device" in error, error
+
+
 def test_a_failed_save_keeps_both_checkpoints(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("adamw", "mse")
