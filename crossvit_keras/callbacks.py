@@ -1,22 +1,41 @@
-"""The recipe's callbacks and checkpoint files: one atomic checkpoint.keras per epoch (resumed by
-a rerun), one JSON line per epoch in log.jsonl, and a stop with a message on a NaN loss."""
+"""The recipe's callbacks and checkpoint files: the last two epochs' checkpoints (checkpoint.keras
+and checkpoint-previous.keras, written atomically and rotated), resumed by a rerun after the
+checks of `resume`; one JSON line per epoch in log.jsonl, and a stop with a message on a NaN loss."""
 
 import json
 import logging
 import math
 import os
+import shutil
 import time
 
-from crossvit_keras.atomic import atomic_path, save_model
+from crossvit_keras.atomic import atomic_path
 
 logger = logging.getLogger("crossvit_keras.training")
 
 CHECKPOINT = "checkpoint.keras"
+PREVIOUS = "checkpoint-previous.keras"
 LOG = "log.jsonl"
+# The model config keys that decide whether a checkpoint's weights fit (dropout rates and dtype do not).
+ARCHITECTURE = (
+    "image_sizes",
+    "patch_sizes",
+    "embed_dims",
+    "depths",
+    "num_heads",
+    "mlp_ratios",
+    "multi_conv",
+    "qkv_bias",
+    "fusion",
+)
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; training stopped."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, read-only directory); the previous one is kept."""
 
 
 def write_json(path, data):
@@ -34,22 +53,17 @@ def callback_classes():
 
     from crossvit_keras.data import UNREADABLE
 
-    class EpochCheckpoint(keras.callbacks.BackupAndRestore):
-        """Keras' BackupAndRestore with one atomic file: after every epoch the whole model and its
-        optimizer go to DIR/checkpoint.keras; at the start of fit an existing one is loaded and
-        training continues after its last epoch (epoch = optimizer step / steps per epoch)."""
+    class EpochCheckpoint(keras.callbacks.Callback):
+        """After every epoch the whole model and its optimizer go to DIR/checkpoint.keras, the one
+        before kept as DIR/checkpoint-previous.keras (`save_checkpoint`). Resuming is `resume`,
+        called before fit (which then starts at its initial_epoch)."""
 
-        def __init__(self, directory, steps_per_epoch):
-            super().__init__(backup_dir=directory, save_freq="epoch", delete_checkpoint=False)
-            self.path = os.path.join(directory, CHECKPOINT)
-            self.steps_per_epoch = steps_per_epoch
+        def __init__(self, directory):
+            super().__init__()
+            self.directory = directory
 
-        def _load_model(self):
-            if os.path.exists(self.path):
-                self.model._initial_epoch = load_checkpoint(self.model, self.path, self.steps_per_epoch)
-
-        def _save_model(self):
-            save_model(self.model, self.path)
+        def on_epoch_end(self, epoch, logs=None):
+            save_checkpoint(self.model, self.directory)
 
     class EpochLog(keras.callbacks.Callback):
         """One JSON line per epoch (loss, top1, top5, val_*, lr, images/s, ...) in LOG; a resumed
@@ -128,6 +142,129 @@ def exact_loss(logs):
     return logs
 
 
+def save_checkpoint(model, directory):
+    """Writes DIR/checkpoint.keras atomically, the one it replaces becoming DIR/checkpoint-previous.keras:
+    the new file is complete and on disk before the old one is renamed, so a good checkpoint exists
+    at every moment. An OSError (full disk, read-only directory) leaves both files as they were and
+    raises CheckpointWriteError saying so."""
+    path, previous = os.path.join(directory, CHECKPOINT), os.path.join(directory, PREVIOUS)
+    try:
+        with atomic_path(path) as temporary:
+            model.save(temporary)
+            if os.path.exists(path):
+                os.replace(path, previous)
+    except OSError as error:
+        kept = [name for name in (path, previous) if os.path.exists(name)]
+        raise CheckpointWriteError(
+            f"cannot write the checkpoint {path}: {error.strerror or error}; "
+            + (f"{' and '.join(kept)} kept, unchanged; " if kept else "")
+            + "free some space (or make the directory writable) and rerun the same command to resume."
+        ) from None
+
+
+def checkpoint_bytes(model):
+    """About the size of one checkpoint: float32 weights and AdamW's two moments (SGD has one)."""
+    return 3 * 4 * model.count_params()
+
+
+def free_bytes(directory):
+    return shutil.disk_usage(directory).free
+
+
+def check_space(model, directory):
+    """Raises ValueError before training if DIR cannot hold the checkpoints: two kept, a third
+    written beside them, and the final model.keras (about 4 checkpoints, less those already there)."""
+    size = checkpoint_bytes(model)
+    existing = sum(os.path.getsize(p) for p in checkpoint_files(directory))
+    needed, free = 4 * size - existing, free_bytes(directory)
+    if free < needed:
+        raise ValueError(
+            f"{directory} has {free / 1e6:,.0f} MB free; this run needs about {needed / 1e6:,.0f} MB "
+            f"(checkpoints of ~{size / 1e6:,.0f} MB: two kept, one written beside them, and model.keras); "
+            "free some space or choose another --output_dir."
+        )
+
+
+def checkpoint_files(directory):
+    """The checkpoints of DIR, newest first."""
+    return [p for p in (os.path.join(directory, n) for n in (CHECKPOINT, PREVIOUS)) if os.path.exists(p)]
+
+
+def _json(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def read_config(path):
+    """A run's config.json; ValueError with the fix if it is damaged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as error:
+        raise ValueError(
+            f"{path} is damaged ({error}), so a resume cannot be checked against the run's settings; "
+            "delete it to resume anyway, or use a new --output_dir."
+        ) from None
+
+
+def check_same_run(saved, current, config_path):
+    """Raises ValueError naming the first difference (model, architecture, class count, batch size)
+    that keeps the run described by `current` from resuming the checkpoints of `saved` (both
+    config.json dicts)."""
+    checks = [("--model", saved.get("model"), current["model"])]
+    for key in ARCHITECTURE:
+        checks.append((f"the model's {key}", saved.get("model_config", {}).get(key), current["model_config"][key]))
+    checks += [
+        ("the class count", saved.get("dataset", {}).get("num_classes"), current["dataset"]["num_classes"]),
+        ("--batch-size", saved.get("batch_size"), current["batch_size"]),
+        ("the global batch (--batch-size x replicas)", saved.get("global_batch_size"), current["global_batch_size"]),
+    ]
+    for what, old, new in checks:
+        if old is not None and _json(old) != _json(new):  # (a key an older config.json lacks is not checked)
+            raise ValueError(
+                f"cannot resume the run in {os.path.dirname(config_path)}: {what} is {json.dumps(_json(new))} "
+                f"here, {json.dumps(_json(old))} in its {os.path.basename(config_path)}; rerun with its settings, "
+                "or use a new --output_dir (or delete that one) to start afresh."
+            )
+
+
+def _problem(error):
+    """One line: what is wrong with a file that would not load."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else 'unreadable'}"[:300]
+
+
+def resume(model, directory, resume_file, steps_per_epoch):
+    """Loads the newest usable checkpoint into a compiled model (under the strategy's scope) and
+    returns the number of epochs it finished (0 if there is none to resume): DIR/checkpoint.keras,
+    else DIR/checkpoint-previous.keras, else --resume FILE. Each unusable one is one log line (file,
+    what is wrong); a damaged one of DIR is then renamed to NAME.damaged, so that the next rotation
+    keeps the good one. If there were some and none is usable, raises ValueError with the fix (and
+    leaves every file as it was)."""
+    own = checkpoint_files(directory)
+    candidates = own + ([resume_file] if resume_file else [])
+    problems = []
+    for index, path in enumerate(candidates):
+        try:
+            epoch = load_checkpoint(model, path, steps_per_epoch)
+        except Exception as error:  # a damaged file fails in zipfile, h5py or Keras, with many types
+            problems.append((path, _problem(error)))
+            following = f"; trying {candidates[index + 1]}" if index + 1 < len(candidates) else ""
+            logger.warning("cannot resume from %s (%s)%s", path, _problem(error), following)
+            continue
+        for damaged in (path for path, _ in problems if path in own):
+            os.replace(damaged, damaged + ".damaged")
+            logger.warning("moved the damaged %s to %s.damaged", damaged, damaged)
+        return epoch
+    if problems:
+        listed = "; ".join(f"{path}: {problem}" for path, problem in problems)
+        fix = "pass --resume a good checkpoint, or leave it out to start afresh"
+        if own:
+            fix = f"delete the checkpoint files (or the directory {directory}) to start afresh, or pass --resume FILE"
+            fix += " with a good checkpoint"
+        raise ValueError(f"no usable checkpoint to resume from ({listed}); {fix}.")
+    return 0
+
+
 def load_checkpoint(model, path, steps_per_epoch):
     """Loads a checkpoint.keras (weights and optimizer state) into a compiled model; returns the
     number of epochs it had finished."""
@@ -136,6 +273,8 @@ def load_checkpoint(model, path, steps_per_epoch):
     model.load_weights(path)
     step = optimizer_step(model)
     epoch, rest = divmod(step, steps_per_epoch)
+    if step == 0:
+        raise ValueError(f"{path} holds no optimizer state (step 0): it is not a training checkpoint.")
     if rest:
         raise ValueError(
             f"{path} was saved at optimizer step {step}, not at the end of an epoch of {steps_per_epoch} steps: "

@@ -18,9 +18,12 @@ initialised, for fine-tuning).
 """
 
 import argparse
+import io
 import logging
 import os
+import pickletools
 import re
+import zipfile
 
 import numpy as np
 
@@ -66,8 +69,12 @@ def load_checkpoint(path):
     Accepts the official key names (pos_embed.0, cls_token.0), DDP's `module.` prefix and state
     dicts wrapped in {"model": ...} or {"state_dict": ...}."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file (.safetensors, .pth, .pt or .bin).")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at {path}.")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): download it again.")
     if path.endswith(".safetensors"):
         state_dict = _read_safetensors(path)
     elif path.endswith((".pth", ".pt", ".bin", ".pth.tar")):
@@ -84,10 +91,90 @@ def _read_safetensors(path):
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable .safetensors checkpoint (truncated?): {error}") from error
+        raise CheckpointError(
+            f"{path} is not a readable .safetensors checkpoint (truncated?): {_first_line(error)}"
+        ) from None
+
+
+def _first_line(error):
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+# The globals a pickled state dict of tensors refers to (torch.load(weights_only=True) allows these
+# and a few more); anything else (os.system, builtins.eval, ...) would run code when unpickled.
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch.serialization", "_get_layout"),
+    ("torch", "Size"),
+    ("torch", "device"),
+}
+_TORCH_DTYPES = {"float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
+_MEMO_PUTS = {"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"}
+_STRINGS = {"UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "STRING", "SHORT_BINSTRING", "BINSTRING"}
+
+
+def _pickle_globals(stream):
+    """The (module, name) of every global one pickle in `stream` refers to, read with pickletools:
+    nothing is executed. A STACK_GLOBAL whose two operands are not the strings pushed just before it
+    (as pickle writes them) is (None, None). Raises ValueError if the bytes are no pickle."""
+    found, memo, pushed = [], {}, []  # pushed: what each op left on top of the stack, None if unknown
+    for opcode, arg, _ in pickletools.genops(stream):
+        name = opcode.name
+        if name in _MEMO_PUTS:
+            memo[len(memo) if name == "MEMOIZE" else arg] = pushed[-1] if pushed else None
+            continue
+        if name in ("PROTO", "FRAME"):
+            continue
+        elif name in ("GLOBAL", "INST"):
+            found.append(tuple(arg.split(" ", 1)))
+        elif name == "STACK_GLOBAL":
+            operands = pushed[-2:]
+            known = len(operands) == 2 and all(isinstance(x, str) for x in operands)
+            found.append(tuple(operands) if known else (None, None))
+        elif name in ("EXT1", "EXT2", "EXT4"):
+            found.append((None, None))
+        pushed.append(arg if name in _STRINGS else memo.get(arg) if name.endswith("GET") else None)
+    return found
+
+
+def check_pickle(path):
+    """Refuses (CheckpointError) a .pth that is not a pickle of tensors, before anything unpickles
+    it: torch's zip archive (its data.pkl) or the legacy format (five pickles, then the storages)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [name for name in archive.namelist() if name.endswith("data.pkl")]
+                if not names:
+                    raise ValueError("a zip archive without a data.pkl")
+                found = [g for name in names for g in _pickle_globals(io.BytesIO(archive.read(name)))]
+        else:
+            found = []
+            with open(path, "rb") as f:
+                for _ in range(5):  # magic number, protocol, system info, the state dict, storage keys
+                    found += _pickle_globals(f)
+                    if not f.peek(1):
+                        break
+    except (ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint, or is truncated ({_first_line(error)}): download it again."
+        ) from None
+    for module, name in found:
+        torch_type = module == "torch" and (name.endswith("Storage") or name in _TORCH_DTYPES)
+        if (module, name) not in _SAFE_GLOBALS and not torch_type:
+            what = f"{module}.{name}" if module else "an object it hides"
+            raise CheckpointError(
+                f"{path} refused: its pickle calls {what}, which a state dict of tensors never does "
+                "(unpickling it could run code); use the model hub's .safetensors file instead."
+            )
 
 
 def _read_torch(path):
+    check_pickle(path)
     try:
         import torch
     except ImportError as error:
@@ -98,7 +185,9 @@ def _read_torch(path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated?): {error}") from error
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated?): {_first_line(error)}"
+        ) from None
     for wrapper in ("model", "state_dict", "model_state"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
             checkpoint = checkpoint[wrapper]
@@ -237,19 +326,18 @@ def _variant_hint(model, state_dict):
     return None
 
 
-def _mismatch_report(model, hint, unexpected, missing, mismatched):
-    lines = [f"The weights do not fit model {model.name!r}."]
-    if hint:
-        lines.append(hint)
+def _mismatch_report(model, hint, unexpected, missing, mismatched, examples=3):
+    """One line: what does not fit, with the first `examples` items of each kind."""
+    parts = [f"The weights do not fit model {model.name!r}." + (f" {hint}" if hint else "")]
     for title, items in (
-        ("unexpected checkpoint tensors", unexpected),
-        ("model weights the checkpoint lacks", missing),
-        ("shape mismatches", mismatched),
+        ("unexpected checkpoint tensor(s)", unexpected),
+        ("model weight(s) the checkpoint lacks", missing),
+        ("shape mismatch(es)", mismatched),
     ):
         if items:
-            lines.append(f"{len(items)} {title}:")
-            lines.extend(f"  {item}" for item in items)
-    return "\n".join(lines)
+            more = f", ... (+{len(items) - examples} more)" if len(items) > examples else ""
+            parts.append(f"{len(items)} {title}: {', '.join(items[:examples])}{more}")
+    return " ".join(parts[:1]) + (" " + "; ".join(parts[1:]) + "." if parts[1:] else "")
 
 
 def guess_variant(state_dict):
@@ -320,6 +408,8 @@ def convert(model_name, checkpoint, output, num_classes=None, image_size=None, l
     output = os.fspath(output)
     if not output.endswith(".keras"):
         raise ValueError(f"The output must be a .keras file, got {output}.")
+    if os.path.isdir(output):
+        raise ValueError(f"The output {output} is a directory; give the path of a .keras file.")
     state_dict = load_checkpoint(checkpoint)
     if num_classes is None:
         head = state_dict.get("head.0.weight")
@@ -347,7 +437,9 @@ def main(argv=None):
     try:
         configs.canonical_name(args.model)
         convert(args.model, args.checkpoint, args.output, args.num_classes, args.image_size)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, OSError, ImportError) as error:
+        if isinstance(error, OSError) and error.strerror:  # e.g. a read-only or full output directory
+            error = f"cannot convert {args.checkpoint} to {args.output}: {error.strerror}"
         parser.exit(1, f"error: {error}\n")
 
 

@@ -12,12 +12,15 @@ import argparse
 import os
 import re
 import sys
+import zipfile
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from crossvit_keras import image_header
 from crossvit_keras.export import (
+    DEFAULT_MAX_PIXELS,
     TOP_K,
     load_keras_model,
     model_image_size,
@@ -27,14 +30,39 @@ from crossvit_keras.export import (
 from crossvit_keras.preprocessing import DEFAULT_CROP_PCT, eval_transform
 
 
-def load_image(path, image_size, crop_pct=DEFAULT_CROP_PCT):
-    """An image file (JPEG, PNG, GIF, BMP, WebP) -> the model's input [size, size, 3], decoded as the
-    SavedModel's `serving_bytes` signature decodes it. Raises ValueError naming the file."""
+def check_header(path, data, max_pixels=DEFAULT_MAX_PIXELS):
+    """Raises ValueError naming the file if its bytes (a string tensor) are not a JPEG, PNG, GIF, BMP
+    or WebP image, have a damaged header, more than `max_pixels` pixels or no end: the checks of the
+    SavedModel's `serving_bytes`, from the header (crossvit_keras.image_header), nothing decoded."""
+    size = int(tf.strings.length(data))
+    if size == 0:
+        raise ValueError(f"cannot read {path}: the file is empty")
+    code, height, width, complete = (t.numpy() for t in image_header.read_header(data))
+    kind = image_header.FORMATS[code]
+    start = image_header.hex_prefix(data).numpy().decode("ascii")
+    if code == image_header.UNKNOWN:
+        reason = f"not a JPEG, PNG, GIF, BMP or WebP image ({size} bytes, starting {start} in hex)"
+    elif height <= 0 or width <= 0:
+        reason = f"a {kind} image whose header is damaged or cut short ({size} bytes)"
+    elif height * width > max_pixels:
+        reason = f"a {kind} image of {width} x {height} pixels, more than --max-pixels {max_pixels}"
+    elif not complete:
+        reason = f"a truncated {kind} image ({size} bytes; its end is missing)"
+    else:
+        return
+    raise ValueError(f"cannot read {path}: {reason}")
+
+
+def load_image(path, image_size, crop_pct=DEFAULT_CROP_PCT, max_pixels=DEFAULT_MAX_PIXELS):
+    """An image file (JPEG, PNG, GIF, BMP, WebP) -> the model's input [size, size, 3], checked and
+    decoded as the SavedModel's `serving_bytes` signature does. Raises ValueError naming the file."""
     if not os.path.isfile(path):
         reason = "it is a directory" if os.path.isdir(path) else "no such file"
         raise ValueError(f"cannot read {path}: {reason}")
     try:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        data = tf.io.read_file(path)
+        check_header(path, data, max_pixels)
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
     except tf.errors.OpError as error:
         # TensorFlow's message without its "{{function_node ...}}" prefix and "[Op:...]" suffix.
         reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip()
@@ -42,7 +70,7 @@ def load_image(path, image_size, crop_pct=DEFAULT_CROP_PCT):
     return eval_transform(image, image_size, crop_pct)
 
 
-def predict_files(model, paths, batch_size=32, crop_pct=DEFAULT_CROP_PCT):
+def predict_files(model, paths, batch_size=32, crop_pct=DEFAULT_CROP_PCT, max_pixels=DEFAULT_MAX_PIXELS):
     """Yield (path, probabilities or None, error message or None) for each file, in order."""
     image_size = model_image_size(model)
     batch = []
@@ -54,7 +82,7 @@ def predict_files(model, paths, batch_size=32, crop_pct=DEFAULT_CROP_PCT):
 
     for path in paths:
         try:
-            batch.append((path, load_image(path, image_size, crop_pct)))
+            batch.append((path, load_image(path, image_size, crop_pct, max_pixels)))
         except ValueError as error:
             yield from run(batch) if batch else ()
             batch = []
@@ -65,6 +93,28 @@ def predict_files(model, paths, batch_size=32, crop_pct=DEFAULT_CROP_PCT):
             batch = []
     if batch:
         yield from run(batch)
+
+
+def load_model(path):
+    """load_keras_model, with a missing, damaged or foreign file (a directory, truncated, not a zip,
+    not a Keras model) reported in one line (ValueError)."""
+    if not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "not found"
+        raise ValueError(f"Model file {path} {what}; give a .keras file saved with model.save().")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found"
+        size = os.path.getsize(path)
+        raise ValueError(
+            f"cannot load the model {path}: it is not a .keras file (not a zip archive, {size} bytes: truncated or "
+            "another format); give a complete .keras file saved with model.save()."
+        )
+    try:
+        return load_keras_model(path)
+    except Exception as error:  # zipfile, h5py and Keras raise many types for a damaged file
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        raise ValueError(
+            f"cannot load the model {path} ({type(error).__name__}: {reason}); "
+            "give a complete .keras file saved with model.save()."
+        ) from None
 
 
 def format_top_k(probabilities, class_names=None, top_k=TOP_K):
@@ -91,17 +141,20 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=TOP_K, help="classes to print per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     parser.add_argument("--crop-pct", type=float, default=DEFAULT_CROP_PCT, help="evaluation crop (0.875)")
+    parser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are refused, undecoded"
+    )
     args = parser.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         parser.error("--top-k and --batch-size must be >= 1.")
     try:
-        model = load_keras_model(args.model)
+        model = load_model(args.model)
         class_names, note = resolve_class_names(args.class_names, model_num_classes(model))
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"{args.model}: {note}")
     failed = 0
-    results = predict_files(model, args.images, args.batch_size, args.crop_pct)
+    results = predict_files(model, args.images, args.batch_size, args.crop_pct, args.max_pixels)
     with tqdm(total=len(args.images), unit="image", disable=None, file=sys.stderr) as bar:
         for path, probabilities, error in results:
             bar.update()

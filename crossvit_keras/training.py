@@ -16,6 +16,7 @@ train.py for --scale, --ratio, --hflip), with the paper's values. An output dire
     tensorboard/         TensorBoard logs
     checkpoint.keras     model + optimizer after the last finished epoch; a new run with the same
                          --output_dir continues from it (the optimizer step count included)
+    checkpoint-previous.keras  the epoch before's, resumed from if checkpoint.keras is damaged
     model.keras          the final model
     saved_model/1/       the SavedModel for TF Serving (crossvit_keras.export)
     training_curves.png  loss, accuracy and learning rate per epoch
@@ -30,15 +31,20 @@ import sys
 import time
 
 from crossvit_keras import configs
-from crossvit_keras.atomic import save_model
+from crossvit_keras.atomic import check_writable, save_model
 from crossvit_keras.branches import BRANCH_METRICS
 from crossvit_keras.callbacks import (
-    CHECKPOINT,
+    CHECKPOINT,  # noqa: F401  (training.CHECKPOINT, as before the split)
     LOG,
+    CheckpointWriteError,
     NonFiniteLoss,
     callback_classes,
-    load_checkpoint,
+    check_same_run,
+    check_space,
+    checkpoint_files,
     optimizer_step,
+    read_config,
+    resume,
     write_json,
 )
 from crossvit_keras.distribute import (
@@ -335,7 +341,8 @@ class Run:
         # every multi-worker process keeps its own checkpoint; only the chief writes the shared files
         index = worker_index(self.strategy)
         self.work_dir = self.output_dir if self.chief else os.path.join(self.output_dir, f"worker_{index}")
-        os.makedirs(self.work_dir, exist_ok=True)
+        for directory in {self.output_dir, self.work_dir}:
+            check_writable(directory)  # a read-only or full output directory fails here, before training
         self.jit_compile, self.steps_per_execution = distribution_settings(args, self.strategy)
         self.tf = tf
 
@@ -424,10 +431,6 @@ class Run:
                 clip_grad=args.clip_grad,
             )
             compile_model(model, optimizer, self.num_classes, self.jit_compile, self.steps_per_execution)
-            initial_epoch = 0
-            checkpoint = os.path.join(self.work_dir, CHECKPOINT)
-            if args.resume and not os.path.exists(checkpoint):
-                initial_epoch = load_checkpoint(model, args.resume, steps_per_epoch)
 
         config = {
             **{k: v for k, v in vars(args).items()},
@@ -452,8 +455,14 @@ class Run:
             "parameters": model.count_params(),
             "versions": _versions(),
         }
+        config_path = os.path.join(self.output_dir, "config.json")
+        if checkpoint_files(self.work_dir) and os.path.exists(config_path):  # resuming: the same run?
+            check_same_run(read_config(config_path), config, config_path)
+        check_space(model, self.work_dir)
+        with self.strategy.scope():
+            initial_epoch = resume(model, self.work_dir, args.resume, steps_per_epoch)
         if self.chief:
-            write_json(os.path.join(self.output_dir, "config.json"), config)
+            write_json(config_path, config)
         logger.info(
             "%s: %s parameters, %d classes; global batch %d = %d per replica x %d replicas; lr %.3g; "
             "%d steps per epoch; %s",
@@ -489,7 +498,7 @@ class Run:
                     os.path.join(self.output_dir, "tensorboard"), write_graph=False, profile_batch=0
                 )
             )
-        callbacks.append(EpochCheckpoint(self.work_dir, steps_per_epoch))
+        callbacks.append(EpochCheckpoint(self.work_dir))
         self.model, self.callbacks = model, callbacks
         self.steps_per_epoch, self.initial_epoch = steps_per_epoch, initial_epoch
         return self.fit
@@ -667,7 +676,10 @@ def main(argv=None):
         return 2
     try:
         job()
-    except NonFiniteLoss as error:
+    except (NonFiniteLoss, CheckpointWriteError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as error:  # writing model.keras or a JSON file after training (a full disk, ...)
+        print(f"error: {error}; the checkpoints are kept: rerun the same command to finish.", file=sys.stderr)
         return 1
     return 0
