@@ -310,10 +310,10 @@ def config_from_timm(img_size, patch_size, embed_dim, depth, num_heads, mlp_rati
 # ----------------------------------------------------------------------------- conversion
 
 
-def convert(model_name, checkpoint, output, num_classes=None, image_size=None, log=None):
+def convert(model_name, checkpoint, output, num_classes=None, image_size=None, log=None, **overrides):
     """Builds `model_name`, loads `checkpoint` strictly and saves a `.keras` file atomically.
 
-    num_classes defaults to the checkpoint's; image_size to the variant's."""
+    num_classes defaults to the checkpoint's; image_size to the variant's; overrides go to create_model."""
     from crossvit_keras.model import create_model
 
     log = log or logger.info
@@ -324,7 +324,8 @@ def convert(model_name, checkpoint, output, num_classes=None, image_size=None, l
     if num_classes is None:
         head = state_dict.get("head.0.weight")
         num_classes = 0 if head is None else int(head.shape[0])
-    overrides = {} if image_size is None else {"image_size": image_size}
+    if image_size is not None:
+        overrides["image_size"] = image_size
     model = create_model(model_name, num_classes=num_classes, **overrides)
     load_weights(model, state_dict, log=log)
     save_model(model, output)
@@ -338,15 +339,22 @@ def main(argv=None):
         description="Convert a released CrossViT checkpoint (timm .safetensors or .pth, official .pth) to .keras.",
     )
     parser.add_argument("--model", required=True, help="variant, e.g. crossvit_15_240 (paper names work too)")
-    parser.add_argument("--checkpoint", required=True, help=".safetensors, .pth, .pt or .bin file")
+    parser.add_argument(
+        "--checkpoint", default=None, help=".safetensors, .pth, .pt or .bin file, or a hub id (default: timm's weights)"
+    )
     parser.add_argument("--output", required=True, help="the .keras file to write")
     parser.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's (new heads if not)")
     parser.add_argument("--image-size", type=int, default=None, help="default: the variant's (pos_embed resized)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        from crossvit_keras import hub
+
         configs.canonical_name(args.model)
-        convert(args.model, args.checkpoint, args.output, args.num_classes, args.image_size)
+        if not args.output.endswith(".keras"):
+            raise ValueError(f"The output must be a .keras file, got {args.output}.")
+        checkpoint = hub.checkpoint_path(args.model, args.checkpoint or True)  # downloads if not a file
+        convert(args.model, checkpoint, args.output, args.num_classes, args.image_size)
     except (ValueError, FileNotFoundError, ImportError) as error:
         parser.exit(1, f"error: {error}\n")
 

@@ -118,6 +118,13 @@ def build_parser():
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--resume", default="", help="a checkpoint.keras to continue from; with --eval: the model")
     g.add_argument("--finetune", default="", help="a .keras model or a released checkpoint; new head")
+    g.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        default=False,
+        help="start from (--eval: evaluate) the ImageNet-1k weights on the hub; or a hub id / checkpoint",
+    )
     g.add_argument("--eval", action="store_true", help="only evaluate (--resume FILE, or OUTPUT_DIR/model.keras)")
     g = p.add_argument_group("distribution and speed")
     g.add_argument("--strategy", default="default", choices=STRATEGIES)
@@ -217,6 +224,8 @@ def build_model(args, num_classes):
         overrides["image_size"] = args.input_size
     if args.fusion:
         overrides["fusion"] = args.fusion
+    if args.pretrained:  # the hub's weights, converted (cached), new heads for the dataset's classes
+        return crossvit_keras.create_model(args.model, num_classes=num_classes, pretrained=args.pretrained, **overrides)
     if not args.finetune:
         return crossvit_keras.create_model(args.model, num_classes=num_classes, **overrides)
     if args.finetune.endswith(".keras"):
@@ -297,6 +306,8 @@ def check_args(args):
         )
     if args.steps_per_execution < 1:
         raise ValueError(f"--steps-per-execution must be >= 1, got {args.steps_per_execution}.")
+    if args.pretrained and args.finetune:
+        raise ValueError("give --pretrained (the hub's weights) or --finetune FILE, not both.")
     for flag, path in (("--finetune", args.finetune), ("--resume", args.resume)):
         if path and not os.path.isfile(path):
             raise ValueError(f"{flag} {path}: no such file.")
@@ -594,10 +605,16 @@ class Run:
 
         args = self.args
         path = args.resume or os.path.join(self.output_dir, FINAL_MODEL)
-        if not os.path.isfile(path):
+        pretrained = args.pretrained and not args.resume
+        if not pretrained and not os.path.isfile(path):
             raise ValueError(f"--eval: no model at {path}; give one with --resume FILE (.keras or a checkpoint).")
         with self.strategy.scope():
-            if path.endswith(".keras"):
+            if pretrained:  # the hub's weights (or --pretrained ID / PATH) with their own classes
+                overrides = {"image_size": args.input_size} if args.input_size else {}
+                overrides.update(args.model_overrides or {})
+                model = crossvit_keras.create_model(args.model, None, pretrained=args.pretrained, **overrides)
+                path = f"{args.model} --pretrained {args.pretrained}"
+            elif path.endswith(".keras"):
                 model = keras.models.load_model(path, compile=False)
             else:
                 overrides = {"image_size": args.input_size} if args.input_size else {}
