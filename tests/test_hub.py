@@ -227,3 +227,70 @@ def test_recipe_eval_pretrained_evaluates_the_hub_weights(offline, reduced, tmp_
     assert "converting " in out and "top-1" in out
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert result["model"] == "crossvit_tiny_240 --pretrained True" and result["val_images"] == 7
+
+
+# ----------------------------------------------------------------------------- what a newcomer sees (part 6)
+
+
+def test_tensorflow_starts_quietly_unless_asked():
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CROSSVIT_KERAS_TF_LOGS")}
+    code = (
+        "import os, crossvit_keras, tensorflow as tf; tf.constant(1.0) + 1; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONPATH": REPO}, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout == "3\n" and result.stderr == "", result.stderr[-2000:]
+
+
+def test_full_tensorflow_logs_and_a_users_own_level_are_kept(monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    monkeypatch.setenv("CROSSVIT_KERAS_TF_LOGS", "1")
+    with crossvit_keras._quiet_tensorflow_start():
+        assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    monkeypatch.delenv("CROSSVIT_KERAS_TF_LOGS")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    with crossvit_keras._quiet_tensorflow_start():
+        assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+
+
+class _Terminal:
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def test_progress_bars_on_a_terminal_plain_lines_otherwise(monkeypatch):
+    args = training.build_parser().parse_args([])
+    training.check_args(args)
+    assert args.verbose == 2  # pytest's captured stdout is not a terminal
+    monkeypatch.setattr(sys, "stdout", _Terminal())
+    args = training.build_parser().parse_args([])
+    training.check_args(args)
+    assert args.verbose == 1
+    args = training.build_parser().parse_args(["--verbose", "0"])
+    training.check_args(args)
+    assert args.verbose == 0
+
+
+def test_a_modified_variant_is_named_as_what_it_is(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(REPO, "recipes"))
+    from quickstart import IMAGE_SIZE, MODEL_OVERRIDES
+
+    model = crossvit_keras.create_model(
+        "crossvit_tiny_240", num_classes=10, image_size=IMAGE_SIZE, **json.loads(MODEL_OVERRIDES)
+    )
+    assert training.model_label(model) == (
+        "crossvit_tiny_240 (modified: image_sizes=(48,48) embed_dims=(64,128) depths=((1,3,1),) num_heads=(4,4) "
+        "mlp_ratios=(2,2))"
+    )
+    assert training.model_label(crossvit_keras.create_model("crossvit_9", num_classes=3, drop_path_rate=0.1)) == (
+        "crossvit_9_240"
+    )
