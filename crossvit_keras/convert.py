@@ -1,6 +1,7 @@
 """Load the released CrossViT weights (timm's .safetensors, timm's or the official IBM/CrossViT
 .pth files) into the Keras model, strictly, and write a `.keras` file.
 
+    python -m crossvit_keras.convert --model crossvit_15_240 --output crossvit_15.keras  # timm's hub weights
     python -m crossvit_keras.convert --model crossvit_15_240 --checkpoint model.safetensors \\
         --output crossvit_15.keras
 
@@ -346,7 +347,9 @@ def main(argv=None):
     parser.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's (new heads if not)")
     parser.add_argument("--image-size", type=int, default=None, help="default: the variant's (pos_embed resized)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from crossvit_keras.training import setup_logging
+
+    setup_logging()  # this package's lines on stdout (not the root logger's: huggingface_hub logs itself)
     try:
         from crossvit_keras import hub
 

@@ -81,7 +81,8 @@ def download(repo_id, filename=FILENAME):
         if constants.HF_HUB_OFFLINE:
             reason = f"offline (HF_HUB_OFFLINE=1) and not in the cache {constants.HF_HUB_CACHE}"
         else:
-            reason = f"no connection to the hub and not in the cache {constants.HF_HUB_CACHE} ({_first_line(error)})"
+            cause = _first_line(error.__cause__ or error)
+            reason = f"no connection to the hub ({cause}) and not in the cache {constants.HF_HUB_CACHE}"
     except GatedRepoError:
         reason = "the repository is gated: accept its terms on huggingface.co and log in (`hf auth login` or HF_TOKEN)"
     except RepositoryNotFoundError:
@@ -98,7 +99,7 @@ def download(repo_id, filename=FILENAME):
     raise HubError(
         f"cannot get {filename} of {repo_id} from the Hugging Face hub: {reason}. Without network, download it "
         f"elsewhere (`hf download {repo_id} {filename}`) and pass the file (pretrained=PATH, or --checkpoint / "
-        "--finetune PATH on the command lines), or set HF_HUB_CACHE to a cache that holds it."
+        "--pretrained PATH on the command lines), or set HF_HUB_CACHE to a cache that holds it."
     )
 
 
