@@ -27,8 +27,12 @@ def _quiet_tensorflow_start():
     if "tensorflow" in sys.modules:
         yield
         return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, OSError, ValueError):  # no stderr (a GUI process, a closed descriptor)
+        yield
+        return
     os.dup2(devnull, 2)
     try:
         yield

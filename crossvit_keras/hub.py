@@ -181,7 +181,10 @@ def _cached_conversion(name, checkpoint, overrides, log):
     cached = cache_path(name, checkpoint, overrides)
     if os.path.isfile(cached):
         log(f"loading the converted {cached}")
-        return keras.models.load_model(cached, compile=False)
+        try:
+            return keras.models.load_model(cached, compile=False)
+        except Exception as error:  # e.g. written by another Keras: convert again, in its place
+            log(f"cannot load it ({_first_line(error)}); converting again")
     log(f"converting {checkpoint} (cached as {cached})")
     try:
         return convert.convert(name, checkpoint, cached, log=log, **overrides)

@@ -107,6 +107,11 @@ def test_pretrained_true_gives_timms_logits_and_the_second_call_loads_the_cached
     assert hub_log[1].startswith("wrote ")
     (cached,) = converted_files(repo)  # one .keras, no temporary left beside it
     assert cached.startswith("crossvit_tiny_240-48px-111111111111-") and cached.endswith(".keras")
+    from huggingface_hub import scan_cache_dir
+
+    scan = scan_cache_dir(offline)  # huggingface_hub still reads the cache as its own
+    assert not scan.warnings and [r.repo_id for r in scan.repos] == [HUB_ID]
+    assert [f.file_name for r in scan.repos for rev in r.revisions for f in rev.files] == ["model.safetensors"]
 
     hub_log.clear()
     again = crossvit_keras.create_model("crossvit_tiny_240", pretrained=HUB_ID, num_classes=7, **architecture(config))
@@ -119,6 +124,19 @@ def test_pretrained_true_gives_timms_logits_and_the_second_call_loads_the_cached
     crossvit_keras.create_model("crossvit_tiny_240", pretrained=True, num_classes=7, **architecture(config))
     assert hub_log[0].startswith("converting ")
     assert len(converted_files(repo)) == 2
+
+
+def test_an_unreadable_cached_conversion_is_converted_again(offline, reduced, hub_log):
+    fixture, state_dict, images, config = reduced
+    repo = lay_out_cache(offline, state_dict)
+    folder = repo / hub.CACHE_FOLDER
+    folder.mkdir()
+    name = os.path.basename(hub.cache_path("crossvit_tiny_240", hub.download(HUB_ID), architecture(config)))
+    (folder / name).write_bytes(b"not a zip file")
+    model = crossvit_keras.create_model("crossvit_tiny_240", pretrained=True, num_classes=7, **architecture(config))
+    assert hub_log[0].startswith("loading the converted") and "converting again" in hub_log[1]
+    assert_parity(model(images), fixture["logits"])
+    assert converted_files(repo) == [name]
 
 
 def test_pretrained_with_other_classes_and_size_resizes_and_keeps_fresh_heads(offline, reduced, hub_log):
