@@ -110,8 +110,10 @@ def _first_line(error):
 def cache_path(name, checkpoint, overrides):
     """Where the conversion of a downloaded `checkpoint` (a hub cache path .../snapshots/<commit>/
     model.safetensors) for this configuration is cached: its key is the commit, the blob the file
-    points to, the configuration (without the class count, which is the checkpoint's) and the
-    package version."""
+    points to, the configuration (without the class count, which is the checkpoint's), the
+    global dtype policy and the package version."""
+    import keras
+
     import crossvit_keras
 
     snapshot = os.path.dirname(os.path.abspath(checkpoint))
@@ -124,6 +126,7 @@ def cache_path(name, checkpoint, overrides):
             "blob": os.path.basename(os.path.realpath(checkpoint)),
             "size": os.path.getsize(checkpoint),
             "config": config,
+            "dtype_policy": keras.config.dtype_policy().name,  # the recipe's --mixed-precision sets it
             "version": crossvit_keras.__version__,
         },
         sort_keys=True,

@@ -139,6 +139,22 @@ def test_an_unreadable_cached_conversion_is_converted_again(offline, reduced, hu
     assert converted_files(repo) == [name]
 
 
+def test_the_cache_key_follows_the_configuration_and_the_dtype_policy(offline, reduced):
+    _, state_dict, _, config = reduced
+    lay_out_cache(offline, state_dict)
+    checkpoint = hub.download(HUB_ID)
+    plain = hub.cache_path("crossvit_tiny_240", checkpoint, architecture(config))
+    assert hub.cache_path("crossvit_tiny", checkpoint, architecture(config)) == plain
+    other = hub.cache_path("crossvit_tiny_240", checkpoint, {**architecture(config), "drop_path_rate": 0.1})
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = hub.cache_path("crossvit_tiny_240", checkpoint, architecture(config))
+    finally:
+        keras.config.set_dtype_policy(policy)
+    assert len({plain, other, mixed}) == 3
+
+
 def test_pretrained_with_other_classes_and_size_resizes_and_keeps_fresh_heads(offline, reduced, hub_log):
     fixture, state_dict, images, config = reduced
     lay_out_cache(offline, state_dict)
