@@ -1,6 +1,7 @@
 """Load the released CrossViT weights (timm's .safetensors, timm's or the official IBM/CrossViT
 .pth files) into the Keras model, strictly, and write a `.keras` file.
 
+    python -m crossvit_keras.convert --model crossvit_15_240 --output crossvit_15.keras  # timm's hub weights
     python -m crossvit_keras.convert --model crossvit_15_240 --checkpoint model.safetensors \\
         --output crossvit_15.keras
 
@@ -398,10 +399,10 @@ def config_from_timm(img_size, patch_size, embed_dim, depth, num_heads, mlp_rati
 # ----------------------------------------------------------------------------- conversion
 
 
-def convert(model_name, checkpoint, output, num_classes=None, image_size=None, log=None):
+def convert(model_name, checkpoint, output, num_classes=None, image_size=None, log=None, **overrides):
     """Builds `model_name`, loads `checkpoint` strictly and saves a `.keras` file atomically.
 
-    num_classes defaults to the checkpoint's; image_size to the variant's."""
+    num_classes defaults to the checkpoint's; image_size to the variant's; overrides go to create_model."""
     from crossvit_keras.model import create_model
 
     log = log or logger.info
@@ -414,7 +415,8 @@ def convert(model_name, checkpoint, output, num_classes=None, image_size=None, l
     if num_classes is None:
         head = state_dict.get("head.0.weight")
         num_classes = 0 if head is None else int(head.shape[0])
-    overrides = {} if image_size is None else {"image_size": image_size}
+    if image_size is not None:
+        overrides["image_size"] = image_size
     model = create_model(model_name, num_classes=num_classes, **overrides)
     load_weights(model, state_dict, log=log)
     save_model(model, output)
@@ -428,18 +430,27 @@ def main(argv=None):
         description="Convert a released CrossViT checkpoint (timm .safetensors or .pth, official .pth) to .keras.",
     )
     parser.add_argument("--model", required=True, help="variant, e.g. crossvit_15_240 (paper names work too)")
-    parser.add_argument("--checkpoint", required=True, help=".safetensors, .pth, .pt or .bin file")
+    parser.add_argument(
+        "--checkpoint", default=None, help=".safetensors, .pth, .pt or .bin file, or a hub id (default: timm's weights)"
+    )
     parser.add_argument("--output", required=True, help="the .keras file to write")
     parser.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's (new heads if not)")
     parser.add_argument("--image-size", type=int, default=None, help="default: the variant's (pos_embed resized)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from crossvit_keras.training import setup_logging
+
+    setup_logging()  # this package's lines on stdout (not the root logger's: huggingface_hub logs itself)
     try:
+        from crossvit_keras import hub
+
         configs.canonical_name(args.model)
-        convert(args.model, args.checkpoint, args.output, args.num_classes, args.image_size)
+        if not args.output.endswith(".keras"):
+            raise ValueError(f"The output must be a .keras file, got {args.output}.")
+        checkpoint = hub.checkpoint_path(args.model, args.checkpoint or True)  # downloads if not a file
+        convert(args.model, checkpoint, args.output, args.num_classes, args.image_size)
     except (ValueError, OSError, ImportError) as error:
         if isinstance(error, OSError) and error.strerror:  # e.g. a read-only or full output directory
-            error = f"cannot convert {args.checkpoint} to {args.output}: {error.strerror}"
+            error = f"cannot convert {args.checkpoint or args.model} to {args.output}: {error.strerror}"
         parser.exit(1, f"error: {error}\n")
 
 

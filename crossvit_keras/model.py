@@ -252,11 +252,18 @@ def list_models():
     return list(configs.VARIANTS)
 
 
-def create_model(name, num_classes=1000, **overrides):
+def create_model(name, num_classes=1000, pretrained=False, **overrides):
     """A CrossViT variant by timm, paper or official name, e.g. `create_model("crossvit_15")`.
+
+    pretrained: True (the variant's ImageNet-1k weights from timm's hub repository), a hub id
+    ("timm/crossvit_15_240.in1k") or a checkpoint path; see crossvit_keras.hub.
 
     Overrides: image_size (the small branch's input; the large branch follows the variant's ratio),
     image_sizes, embed_dims, depths, num_heads, mlp_ratios, multi_conv, qkv_bias, drop_rate,
     attn_drop_rate, proj_drop_rate, drop_path_rate, fusion, dtype. num_classes=0 gives features."""
+    if pretrained:
+        from crossvit_keras import hub
+
+        return hub.load_pretrained(name, pretrained, num_classes=num_classes, **overrides)
     config = configs.resolve_config(name, num_classes=num_classes, **overrides)
     return CrossViT(name=configs.canonical_name(name), **config)

@@ -124,6 +124,13 @@ def build_parser():
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--resume", default="", help="a checkpoint.keras to continue from; with --eval: the model")
     g.add_argument("--finetune", default="", help="a .keras model or a released checkpoint; new head")
+    g.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        default=False,
+        help="start from (--eval: evaluate) the ImageNet-1k weights on the hub; or a hub id / checkpoint",
+    )
     g.add_argument("--eval", action="store_true", help="only evaluate (--resume FILE, or OUTPUT_DIR/model.keras)")
     g = p.add_argument_group("distribution and speed")
     g.add_argument("--strategy", default="default", choices=STRATEGIES)
@@ -137,7 +144,13 @@ def build_parser():
     )
     g.add_argument("--steps-per-execution", type=int, default=1)
     g.add_argument("--cpu-devices", type=int, default=0, help="split the CPU into N logical devices (testing)")
-    g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress: 1 = bar")
+    g.add_argument(
+        "--verbose",
+        type=int,
+        default=None,
+        choices=(0, 1, 2),
+        help="Keras progress: 1 = bar, 2 = one line per epoch (default: 1 on a terminal, else 2)",
+    )
     return p
 
 
@@ -223,6 +236,8 @@ def build_model(args, num_classes):
         overrides["image_size"] = args.input_size
     if args.fusion:
         overrides["fusion"] = args.fusion
+    if args.pretrained:  # the hub's weights, converted (cached), new heads for the dataset's classes
+        return crossvit_keras.create_model(args.model, num_classes=num_classes, pretrained=args.pretrained, **overrides)
     if not args.finetune:
         return crossvit_keras.create_model(args.model, num_classes=num_classes, **overrides)
     if args.finetune.endswith(".keras"):
@@ -241,6 +256,28 @@ def build_model(args, num_classes):
     convert.load_weights(model, args.finetune, log=logger.info)
     logger.info("--finetune: released checkpoint %s loaded into %s", args.finetune, model.name)
     return model
+
+
+# What makes a variant's architecture (the rest of create_model's overrides are training settings).
+ARCHITECTURE = ("image_sizes", "patch_sizes", "embed_dims", "depths", "num_heads", "mlp_ratios", "multi_conv", "fusion")
+
+
+def model_label(model):
+    """The model's name for logs and plots: its variant, and what differs from that variant, e.g.
+    "crossvit_tiny_240 (modified: embed_dims=(64,128) depths=((1,3,1),) ...)" for the quickstart's model."""
+    variant = configs.VARIANTS.get(model.name)
+    if variant is None:
+        return model.name
+    variant = {"fusion": "cross_attention", **variant}
+    config = model.get_config()
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return tuple(plain(v) for v in value)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    changes = [f"{k}={config[k]}".replace(" ", "") for k in ARCHITECTURE if plain(config[k]) != plain(variant[k])]
+    return f"{model.name} (modified: {' '.join(changes)})" if changes else model.name
 
 
 def compile_model(model, optimizer, num_classes, jit_compile, steps_per_execution):
@@ -283,6 +320,8 @@ def check_args(args):
     from crossvit_keras import augment
 
     args.model = configs.canonical_name(args.model)
+    if args.verbose is None:  # progress bars on a terminal, plain lines in a log file or CI
+        args.verbose = 1 if sys.stdout.isatty() else 2
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}.")
     if args.eval:
@@ -303,6 +342,8 @@ def check_args(args):
         )
     if args.steps_per_execution < 1:
         raise ValueError(f"--steps-per-execution must be >= 1, got {args.steps_per_execution}.")
+    if args.pretrained and args.finetune:
+        raise ValueError("give --pretrained (the hub's weights) or --finetune FILE, not both.")
     for flag, path in (("--finetune", args.finetune), ("--resume", args.resume)):
         if path and not os.path.isfile(path):
             raise ValueError(f"{flag} {path}: no such file.")
@@ -466,7 +507,7 @@ class Run:
         logger.info(
             "%s: %s parameters, %d classes; global batch %d = %d per replica x %d replicas; lr %.3g; "
             "%d steps per epoch; %s",
-            model.name,
+            model_label(model),
             f"{model.count_params():,}",
             self.num_classes,
             self.global_batch,
@@ -525,7 +566,7 @@ class Run:
             metrics = self._evaluate(model)
         else:
             metrics = {k[4:]: metrics[k] for k in ("val_loss", "val_top1", "val_top5", *BRANCH_VAL_METRICS)}
-        self._report(metrics, model.name)
+        self._report(metrics, model_label(model))
         if self.chief:
             self._write_artefacts(model, metrics, seconds)
         return metrics
@@ -540,7 +581,11 @@ class Run:
         exported = export_savedmodel(model, export_path, self.dataset.class_names)
         log_path = os.path.join(out, LOG)
         if os.path.exists(log_path):
-            plot_training_curves(read_log(log_path), os.path.join(out, "training_curves.png"), title=model.name)
+            plot_training_curves(
+                read_log(log_path),
+                os.path.join(out, "training_curves.png"),
+                title=model_label(model).replace(" (", "\n(", 1),
+            )
             logger.info("wrote %s", os.path.join(out, "training_curves.png"))
         results = {
             "model": model.name,
@@ -603,10 +648,16 @@ class Run:
 
         args = self.args
         path = args.resume or os.path.join(self.output_dir, FINAL_MODEL)
-        if not os.path.isfile(path):
+        pretrained = args.pretrained and not args.resume
+        if not pretrained and not os.path.isfile(path):
             raise ValueError(f"--eval: no model at {path}; give one with --resume FILE (.keras or a checkpoint).")
         with self.strategy.scope():
-            if path.endswith(".keras"):
+            if pretrained:  # the hub's weights (or --pretrained ID / PATH) with their own classes
+                overrides = {"image_size": args.input_size} if args.input_size else {}
+                overrides.update(args.model_overrides or {})
+                model = crossvit_keras.create_model(args.model, None, pretrained=args.pretrained, **overrides)
+                path = f"{args.model} --pretrained {args.pretrained}"
+            elif path.endswith(".keras"):
                 model = keras.models.load_model(path, compile=False)
             else:
                 overrides = {"image_size": args.input_size} if args.input_size else {}
@@ -625,7 +676,7 @@ class Run:
     def evaluate(self):
         model, path = self.model, self.model_path
         metrics = self._evaluate(model)
-        self._report(metrics, model.name)
+        self._report(metrics, model_label(model))
         if self.chief and self.args.output_dir:
             write_json(
                 os.path.join(self.output_dir, "eval.json"),

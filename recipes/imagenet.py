@@ -2,6 +2,8 @@
 
     python recipes/imagenet.py --data-set IMNET --data-path /data/imagenet --strategy mirrored
     python recipes/imagenet.py --eval --resume runs/crossvit_15_240/model.keras --data-path /data/imagenet
+    python recipes/imagenet.py --eval --model crossvit_15_240 --pretrained --data-path /data/imagenet
+    python recipes/imagenet.py --pretrained --model crossvit_15_240 --data-set CIFAR10  # fine-tune from ImageNet
 
 All flags: `python recipes/imagenet.py --help`; the work is done by crossvit_keras.training.
 """
@@ -10,7 +12,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from crossvit_keras import training  # noqa: E402
