@@ -46,9 +46,9 @@ def checkpoint_path(name, pretrained):
         raise ValueError(f"pretrained must be True, a hub id or a checkpoint path, got {pretrained!r}.")
     path = os.fspath(pretrained)
     if os.path.exists(path) or path.endswith(CHECKPOINT_SUFFIXES):
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(f"No checkpoint file at {path}.")
-        return path
+        return path  # the converter reads it and says what is wrong with a directory or a bad file
     if _HUB_ID.match(path):
         return download(path)
     raise ValueError(
