@@ -1,6 +1,8 @@
 """Faults and bad input (issue 15, items 3 and 5): the recipe keeps its last two checkpoints, resumes
 past a damaged one at the right epoch and optimizer step, refuses a resume of another model,
-dataset or batch size, and a full or unwritable output directory, in one line each."""
+dataset or batch size, and a full or unwritable output directory, in one line each; the convert and
+predict commands refuse bad files (empty, truncated, another model's, a directory, a pickle with
+code) in one line each and write nothing."""
 
 import errno
 import io
