@@ -305,6 +305,8 @@ def test_predict_refuses_bad_model_files_and_reports_bad_images_in_one_line_each
     for line, (name, (_, expected)) in zip(errors, images.items(), strict=True):
         assert line.startswith(f"error: cannot read {tmp_path / name}: ") and expected in line, line
     assert str(tmp_path / "cat.png") in out  # the good image was classified
+    assert predict.main(["--model", str(tmp_path / "model.keras"), "--max-pixels", "1000", str(tmp_path / "cat.png")])
+    assert "a PNG image of 451 x 300 pixels, more than --max-pixels 1000" in capsys.readouterr().err
     assert "Traceback" not in out + err
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["model.keras", "empty.keras", "truncated.keras", "folder.keras", "wrong.keras", "cat.png", *images]
