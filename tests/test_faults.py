@@ -1,6 +1,8 @@
 """Faults and bad input (issue 15, items 3 and 5): the recipe keeps its last two checkpoints, resumes
 past a damaged one at the right epoch and optimizer step, refuses a resume of another model,
-dataset or batch size, and a full or unwritable output directory, in one line each."""
+dataset or batch size, and a full or unwritable output directory, in one line each; the convert and
+predict commands refuse bad files (empty, truncated, another model's, a directory, a pickle with
+code) in one line each and write nothing."""
 
 import errno
 import io
@@ -303,6 +305,8 @@ def test_predict_refuses_bad_model_files_and_reports_bad_images_in_one_line_each
     for line, (name, (_, expected)) in zip(errors, images.items(), strict=True):
         assert line.startswith(f"error: cannot read {tmp_path / name}: ") and expected in line, line
     assert str(tmp_path / "cat.png") in out  # the good image was classified
+    assert predict.main(["--model", str(tmp_path / "model.keras"), "--max-pixels", "1000", str(tmp_path / "cat.png")])
+    assert "a PNG image of 451 x 300 pixels, more than --max-pixels 1000" in capsys.readouterr().err
     assert "Traceback" not in out + err
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["model.keras", "empty.keras", "truncated.keras", "folder.keras", "wrong.keras", "cat.png", *images]
