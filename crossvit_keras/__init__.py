@@ -9,13 +9,14 @@ import os
 # command lines do), or when the environment sets it. TF_ENABLE_ONEDNN_OPTS=0 opts out.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from crossvit_keras import configs, layers, optimizers  # noqa: E402
+from crossvit_keras import ablations, configs, layers, optimizers  # noqa: E402
 from crossvit_keras.branches import branch_logits  # noqa: E402
 from crossvit_keras.export import export_saved_model  # noqa: E402
 from crossvit_keras.model import CrossViT, create_model, list_models  # noqa: E402
 
 __all__ = [
     "CrossViT",
+    "ablations",
     "branch_logits",
     "configs",
     "create_model",

@@ -6,12 +6,12 @@
 
 Every ablation is an override of `crossvit_small_240`. How the paper counted (found by fitting its
 tables): its parameters EXCLUDE the position embeddings (CrossViT-S: 26,856,272 - 152,640 =
-26.70 M, the paper's 26.7; Table 7 A-E all fit that way, within 0.12 M, and none fits with them
-included), and its FLOPs are multiply-accumulates of the matrix products and convolutions (as
+26.70 M, the paper's 26.7; Table 7 A-E all fit that way, within 0.06 M, and are 0.18-0.23 M
+above it with them), and its FLOPs are multiply-accumulates of the matrix products and convolutions (as
 timm's table, `bench.count_macs`). Table 7 (B) widens the small branch to 384: the paper's 31.4 M
 is the model whose f and g are identities between the now equal widths (the official code has
-that identity branch, disabled by `and False`): 31.39 M without position embeddings, where
-learned f and g give 33.17 M. So B sets `identity_projections=True`.
+that identity branch, disabled by `and False`): 31.40 M without position embeddings, where
+learned f and g give 33.19 M. So B sets `identity_projections=True`.
 """
 
 # Table 6 (CrossViT-S with each fusion): params (M), GFLOPs (= GMACs), top-1, L-branch and
@@ -29,7 +29,7 @@ BASE = "crossvit_small_240"
 # Table 7 (and the text's model without CLS tokens) as overrides of crossvit_small_240.
 ABLATIONS = {
     # (8, 16) patches. The paper's 6.7 GFLOPs fit a 224 px small branch (28 x 28 patches); at
-    # 240 px (30 x 30) the model has 7.2 GMACs.
+    # 240 px (30 x 30) the model has 7.14 GMACs.
     "A": {"patch_sizes": (8, 16), "image_sizes": (224, 224)},
     # Small-branch width 384 = the large branch's; f and g are then identities (module docstring).
     "B": {"embed_dims": (384, 384), "identity_projections": True},

@@ -2,10 +2,13 @@
 against an independent count of the traced graph and against the paper, the new options'
 round trip and forward pass."""
 
+import json
+import os
+
 import keras
 import numpy as np
 import pytest
-from helpers import assert_layer_roundtrip, random_inputs, tiny_model
+from helpers import REPO, assert_layer_roundtrip, random_inputs, tiny_model
 
 import crossvit_keras
 from crossvit_keras import ablations, bench, configs
@@ -131,3 +134,68 @@ def test_default_model_is_unchanged():
     assert config["cls_token"] is True and config["identity_projections"] is False
     fusion = tiny_model().get_layer("stage_0").fusion
     assert type(fusion) is CrossAttentionFusion and all(type(p).__name__ == "Projection" for p in fusion.projs)
+
+
+# ----------------------------------------------------------------------------- recipes/fusion_ablation.py
+
+TINY = {
+    "embed_dims": [16, 32],
+    "depths": [[1, 1, 1]],
+    "num_heads": [2, 2],
+    "mlp_ratios": [2, 2],
+}
+TINY_RECIPE = ["--model-overrides", json.dumps(TINY)]
+
+
+def _fusion_ablation():
+    import importlib
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "recipes"))
+    try:
+        return importlib.import_module("fusion_ablation")
+    finally:
+        sys.path.remove(os.path.join(REPO, "recipes"))
+
+
+def test_fusion_ablation_recipe_writes_table_6(tmp_path, capsys):
+    """One fusion (each costs a training run: ~30 s on the shared 2-core machine), one step on a tiny
+    model; then --eval's JSON of it."""
+    from crossvit_keras import data, training
+
+    images = data.make_benchmark_folder(str(tmp_path / "images"), num_images=16, size=(64, 48), classes=3)
+    out = tmp_path / "out"
+    argv = ["--output-dir", str(out), "--fusions", "class_token", "--epochs", "1", "--batch-size", "16"]
+    assert _fusion_ablation().main([*argv, "--data-path", images, *TINY_RECIPE]) == 0
+    stdout = capsys.readouterr().out
+    assert "[1/1] fusion=class_token: training 1 epoch(s)" in stdout and "[1/1] fusion=class_token: top-1" in stdout
+    summary = json.loads((out / "fusion_ablation.json").read_text())
+    assert list(summary["fusions"]) == ["class_token"] and summary["epochs"] == 1
+    for fusion, row in summary["fusions"].items():
+        model = keras.models.load_model(out / fusion / "model.keras", compile=False)
+        assert row["params"] == model.count_params() and model.fusion == fusion
+        assert row["gmacs"] == bench.count_macs(model.get_config()) / 1e9
+        for key in ("top1", "top1_small_branch", "top1_large_branch"):
+            assert 0 <= row[key] <= 1
+        assert not (out / fusion / "saved_model").exists()  # --no-saved-model
+    table = (out / "fusion_ablation.md").read_text()
+    assert "| class_token |" in table and "small branch alone" in table
+    assert not [p for p in out.rglob(".partial-*")]
+    # Issue 11 part 2's names, in results.json and in --eval's JSON (beside the val_* ones).
+    names = {"top1", "top5", "top1_small_branch", "top1_large_branch"}
+    assert names <= set(json.loads((out / "class_token" / "results.json").read_text()))
+    model_path = str(out / "class_token" / "model.keras")
+    evaluation = ["--eval", "--resume", model_path, "--data-path", images, "--output_dir", str(out / "eval")]
+    assert training.main([*evaluation, "--batch-size", "16", "--verbose", "0"]) == 0
+    result = json.loads((out / "eval" / "eval.json").read_text())
+    assert names <= set(result) and result["top1"] == result["val_top1"]
+
+
+def test_fusion_ablation_bad_fusion_is_one_line(tmp_path, capsys):
+    assert _fusion_ablation().main(["--output-dir", str(tmp_path), "--fusions", "none,concat"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [
+        "error: --fusions 'none,concat': choose from none, all_attention, class_token, pairwise, "
+        "cross_attention (comma-separated)"
+    ]
+    assert not list(tmp_path.iterdir())
