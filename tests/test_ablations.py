@@ -129,6 +129,16 @@ def test_keras_file_roundtrip_and_forward(tmp_path, overrides):
     np.testing.assert_allclose((small + large) / 2, expected, atol=1e-5)
 
 
+def test_no_cls_model_under_mixed_precision_and_visualize_refuses_it():
+    from crossvit_keras import visualize
+
+    model = tiny_model(cls_token=False, dtype="mixed_bfloat16")
+    logits = keras.ops.convert_to_numpy(model(random_inputs((2, 48, 48, 3))))
+    assert logits.dtype == np.float32 and np.isfinite(logits).all()
+    with pytest.raises(ValueError, match="has no CLS tokens"):
+        visualize.feature_model(model)
+
+
 def test_default_model_is_unchanged():
     config = tiny_model().get_config()
     assert config["cls_token"] is True and config["identity_projections"] is False
