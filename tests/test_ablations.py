@@ -115,11 +115,18 @@ def test_options_need_the_cross_attention():
 
 
 @pytest.mark.parametrize("overrides", [{"cls_token": False}, {"embed_dims": (32, 32), "identity_projections": True}])
-def test_keras_file_roundtrip_and_forward(tmp_path, overrides):
+def test_keras_file_roundtrip_forward_and_gradients(tmp_path, overrides):
+    import tensorflow as tf
+
     model = tiny_model(**overrides)
     images = random_inputs((2, 48, 48, 3))
     expected = keras.ops.convert_to_numpy(model(images))
     assert expected.shape == (2, 5) and np.isfinite(expected).all()
+    with tf.GradientTape() as tape:
+        loss = keras.losses.sparse_categorical_crossentropy(np.arange(2), model(images, training=True), True)
+    grads = tape.gradient(loss, model.trainable_weights)
+    for weight, grad in zip(model.trainable_weights, grads, strict=True):
+        assert grad is not None and np.all(np.isfinite(grad)), weight.path
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
