@@ -49,6 +49,7 @@ DEFAULT_REFERENCE_PYTHON = os.path.join("~", ".cache", "crossvit-reference", "bi
 
 def count_macs(config):
     """Multiply-accumulates of one forward pass of one image, from `configs.resolve_config`."""
+    from crossvit_keras.ablations import fusion_macs  # the fusions of Table 6 (V: cross-attention)
     from crossvit_keras.layers.embedding import MULTI_CONV_STEMS
 
     tokens, macs = [], 0
@@ -59,19 +60,13 @@ def count_macs(config):
             size = (size + 2 * pad - kernel) // stride + 1
             macs += size * size * kernel * kernel * channels * (dim // width)
             channels = dim // width
-        tokens.append(1 + size * size)
+        tokens.append(int(config.get("cls_token", True)) + size * size)
     dims = config["embed_dims"]
     for depth in config["depths"]:
         for b in range(2):  # N transformer blocks in the small branch, M in the large one
             t, d, hidden = tokens[b], dims[b], int(dims[b] * config["mlp_ratios"][b])
             macs += depth[b] * (4 * t * d * d + 2 * t * d * hidden + 2 * t * t * d)  # qkv+proj, MLP, attention
-        for i in range(2):  # fusion: f_i, L cross-attentions (only the CLS token queries), g_i
-            t, d = tokens[1 - i], dims[1 - i]
-            macs += 2 * dims[i] * d
-            for layer in range(depth[2]):
-                t = t if layer == 0 else 1
-                macs += 2 * d * d + 2 * t * d * d + 2 * t * d  # wq + proj, wk + wv, attention
-    return macs + sum(dims) * config["num_classes"]
+    return macs + fusion_macs(config, tokens) + sum(dims) * config["num_classes"]
 
 
 def macs_table(names):
@@ -613,8 +608,12 @@ def main(argv=None):
         return bench_gpu.run(args)
     if args.macs:
         lines, ok = macs_table(list(configs.VARIANTS))
-        print("\n".join(lines))
-        return 0 if ok else 1
+        print("\n".join(lines) + "\n", flush=True)
+        from crossvit_keras import ablations
+
+        ablation_lines, ablations_ok = ablations.tables(log)  # Tables 6 and 7 of the paper
+        print("\n".join(ablation_lines))
+        return 0 if ok and ablations_ok else 1
     args.model = configs.canonical_name(args.model)
     if args.reference:
         args.reference_python = os.path.expanduser(args.reference_python)

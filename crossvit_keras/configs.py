@@ -87,6 +87,8 @@ OVERRIDES = (
     "proj_drop_rate",
     "drop_path_rate",
     "fusion",
+    "cls_token",
+    "identity_projections",
     "dtype",
 )
 

@@ -35,13 +35,15 @@ def drop_path_schedule(depths, rate):
 @register
 class ClassifierHead(keras.layers.Layer):
     """LayerNorm on each branch's CLS token, one linear head per branch, logits = their mean.
-    With num_classes = 0: the two normalised CLS tokens, concatenated (the features)."""
+    With num_classes = 0: the two normalised CLS tokens, concatenated (the features).
+    `cls_token=False`: each branch's mean patch token takes its CLS token's place."""
 
-    def __init__(self, dims, num_classes, drop_rate=0.0, **kwargs):
+    def __init__(self, dims, num_classes, drop_rate=0.0, cls_token=True, **kwargs):
         super().__init__(**kwargs)
         self.dims = tuple(dims)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.cls_token = cls_token
         dtype = self.dtype_policy
         self.norms = [layer_norm(f"norm_{b}", dtype) for b in range(2)]
         self.drop = keras.layers.Dropout(drop_rate, name="head_drop", dtype=dtype)
@@ -62,7 +64,8 @@ class ClassifierHead(keras.layers.Layer):
     def features(self, inputs, training=None):
         """Each branch's normalised CLS token."""
         # LayerNorm is per token, so normalising the CLS token alone equals timm's norm-then-select.
-        return [self.drop(norm(x[:, 0]), training=training) for norm, x in zip(self.norms, inputs, strict=True)]
+        tokens = [x[:, 0] if self.cls_token else ops.mean(x, axis=1) for x in inputs]
+        return [self.drop(norm(x), training=training) for norm, x in zip(self.norms, tokens, strict=True)]
 
     def branch_logits(self, inputs, training=None):
         """[small-branch logits, large-branch logits]: each head on its own branch's CLS token (the
@@ -79,6 +82,7 @@ class ClassifierHead(keras.layers.Layer):
             "dims": self.dims,
             "num_classes": self.num_classes,
             "drop_rate": self.drop_rate,
+            "cls_token": self.cls_token,
         }
 
 
@@ -135,6 +139,8 @@ class CrossViT(MirroredXLA, keras.Model):
         proj_drop_rate=0.0,
         drop_path_rate=0.0,
         fusion="cross_attention",
+        cls_token=True,
+        identity_projections=False,
         name="crossvit",
         dtype=None,
         **kwargs,
@@ -151,7 +157,9 @@ class CrossViT(MirroredXLA, keras.Model):
                 patch_sizes[b], embed_dims[b], multi_conv, name=f"patch_embed_{b}", dtype=dtype
             )
             num_patches = patch_embed.grid_size(image_sizes[b]) ** 2
-            x = ClassTokenPositionEmbedding(num_patches, embed_dims[b], name=f"embed_{b}", dtype=dtype)(patch_embed(x))
+            x = ClassTokenPositionEmbedding(num_patches, embed_dims[b], cls_token, name=f"embed_{b}", dtype=dtype)(
+                patch_embed(x)
+            )
             tokens.append(x)
         for stage, (depth, rates) in enumerate(zip(depths, drop_path_schedule(depths, drop_path_rate), strict=True)):
             tokens = MultiScaleEncoder(
@@ -164,10 +172,12 @@ class CrossViT(MirroredXLA, keras.Model):
                 attn_drop_rate,
                 proj_drop_rate,
                 fusion,
+                cls_token,
+                identity_projections,
                 name=f"stage_{stage}",
                 dtype=dtype,
             )(tokens)
-        outputs = ClassifierHead(embed_dims, num_classes, drop_rate, name="head", dtype=dtype)(tokens)
+        outputs = ClassifierHead(embed_dims, num_classes, drop_rate, cls_token, name="head", dtype=dtype)(tokens)
         # Logits in float32 under mixed precision, as Keras' mixed-precision guide asks.
         outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(outputs)
         super().__init__(inputs=images, outputs=outputs, name=name, **kwargs)
@@ -186,6 +196,8 @@ class CrossViT(MirroredXLA, keras.Model):
         self.proj_drop_rate = proj_drop_rate
         self.drop_path_rate = drop_path_rate
         self.fusion = fusion
+        self.cls_token = cls_token
+        self.identity_projections = identity_projections
         self.layer_dtype = dtype
 
     @property
@@ -213,6 +225,8 @@ class CrossViT(MirroredXLA, keras.Model):
             "proj_drop_rate": self.proj_drop_rate,
             "drop_path_rate": self.drop_path_rate,
             "fusion": self.fusion,
+            "cls_token": self.cls_token,
+            "identity_projections": self.identity_projections,
             "name": self.name,
             "dtype": self.layer_dtype,
             "trainable": self.trainable,
@@ -260,7 +274,8 @@ def create_model(name, num_classes=1000, pretrained=False, **overrides):
 
     Overrides: image_size (the small branch's input; the large branch follows the variant's ratio),
     image_sizes, embed_dims, depths, num_heads, mlp_ratios, multi_conv, qkv_bias, drop_rate,
-    attn_drop_rate, proj_drop_rate, drop_path_rate, fusion, dtype. num_classes=0 gives features."""
+    attn_drop_rate, proj_drop_rate, drop_path_rate, fusion, cls_token, identity_projections (the
+    ablations of crossvit_keras.ablations), dtype. num_classes=0 gives features."""
     if pretrained:
         from crossvit_keras import hub
 

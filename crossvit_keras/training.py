@@ -20,7 +20,8 @@ train.py for --scale, --ratio, --hflip), with the paper's values. An output dire
     model.keras          the final model
     saved_model/1/       the SavedModel for TF Serving (crossvit_keras.export)
     training_curves.png  loss, accuracy and learning rate per epoch
-    results.json         the final evaluation (top-1 of the ensemble and of each branch alone)
+    results.json         the final evaluation: top1, top5, loss, top1_small_branch, top1_large_branch (each
+                         branch's head alone), the same under val_* names, val_images, fit_seconds, ...
 """
 
 import argparse
@@ -132,6 +133,7 @@ def build_parser():
         help="start from (--eval: evaluate) the ImageNet-1k weights on the hub; or a hub id / checkpoint",
     )
     g.add_argument("--eval", action="store_true", help="only evaluate (--resume FILE, or OUTPUT_DIR/model.keras)")
+    g.add_argument("--no-saved-model", action="store_true", help="do not export saved_model/1/ after training")
     g = p.add_argument_group("distribution and speed")
     g.add_argument("--strategy", default="default", choices=STRATEGIES)
     g.add_argument("--tpu", default="", help="TPU name or address for --strategy tpu ('' = local)")
@@ -578,7 +580,7 @@ class Run:
         save_model(model, os.path.join(out, FINAL_MODEL))
         logger.info("wrote %s", os.path.join(out, FINAL_MODEL))
         export_path = os.path.join(out, "saved_model", "1")
-        exported = export_savedmodel(model, export_path, self.dataset.class_names)
+        exported = not self.args.no_saved_model and export_savedmodel(model, export_path, self.dataset.class_names)
         log_path = os.path.join(out, LOG)
         if os.path.exists(log_path):
             plot_training_curves(
@@ -589,6 +591,7 @@ class Run:
             logger.info("wrote %s", os.path.join(out, "training_curves.png"))
         results = {
             "model": model.name,
+            **metrics,  # loss, top1, top5, top1_small_branch, top1_large_branch (issue 11's names)
             "val_top1": metrics["top1"],
             "val_top5": metrics["top5"],
             "val_loss": metrics["loss"],
@@ -680,7 +683,12 @@ class Run:
         if self.chief and self.args.output_dir:
             write_json(
                 os.path.join(self.output_dir, "eval.json"),
-                {"model": path, **{f"val_{k}": v for k, v in metrics.items()}, "val_images": self.dataset.val.size},
+                {
+                    "model": path,
+                    **metrics,  # loss, top1, top5, top1_small_branch, top1_large_branch
+                    **{f"val_{k}": v for k, v in metrics.items()},
+                    "val_images": self.dataset.val.size,
+                },
             )
         return metrics
 

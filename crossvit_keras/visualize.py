@@ -35,6 +35,8 @@ def _stages(model):
     stages = [layer for layer in model.layers if layer.name.startswith("stage_")]
     if not stages:
         raise ValueError(f"{model.name} has no multi-scale encoder stages (stage_0, ...): is it a CrossViT?")
+    if not getattr(model, "cls_token", True):
+        raise ValueError(f"{model.name} has no CLS tokens (cls_token=False); visualize draws models with CLS tokens.")
     return stages
 
 

@@ -46,6 +46,20 @@ def write_digits_folder(root, image_size=IMAGE_SIZE, val_fraction=0.2, seed=0):
     return len(train), len(val)
 
 
+def training_flags(epochs):
+    """recipes/imagenet.py's flags for the small model on the digits (also recipes/fusion_ablation.py's)."""
+    return [
+        "--input-size", str(IMAGE_SIZE),
+        "--model-overrides", MODEL_OVERRIDES,
+        "--epochs", str(epochs),
+        "--warmup-epochs", str(min(3, epochs)),
+        "--lr", "2e-3", "--unscale-lr", "--min-lr", "1e-5", "--weight-decay", "0.05",
+        "--drop-path", "0.0",
+        "--aa", "none", "--hflip", "0", "--scale", "0.6", "1.0", "--reprob", "0",
+        "--mixup", "0", "--cutmix", "0", "--smoothing", "0.1",
+    ]  # fmt: skip
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default=os.path.join("runs", "quickstart"))
@@ -62,18 +76,7 @@ def main(argv=None):
     print(f"digits: {train_count} training and {val_count} validation images (48 x 48 RGB) in {data_path}")
     common = ["--data-set", "IMNET", "--data-path", data_path, "--output_dir", args.output_dir]
     common += ["--strategy", args.strategy, "--model", "crossvit_tiny_240", "--batch-size", str(args.batch_size)]
-    train = common + [
-        "--input-size", str(IMAGE_SIZE),
-        "--model-overrides", MODEL_OVERRIDES,
-        "--epochs", str(args.epochs),
-        "--warmup-epochs", "3",
-        "--lr", "2e-3", "--unscale-lr", "--min-lr", "1e-5", "--weight-decay", "0.05",
-        "--drop-path", "0.0",
-        "--aa", "none", "--hflip", "0", "--scale", "0.6", "1.0", "--reprob", "0",
-        "--mixup", "0", "--cutmix", "0", "--smoothing", "0.1",
-        "--verbose", "2",
-    ]  # fmt: skip
-    code = training.main(train + extra)
+    code = training.main(common + training_flags(args.epochs) + ["--verbose", "2"] + extra)
     if code:
         return code
     model_path = os.path.join(args.output_dir, training.FINAL_MODEL)

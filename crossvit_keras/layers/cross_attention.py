@@ -6,6 +6,12 @@ For each branch i, with j the other branch:
     y_cls  = x'_cls + MCA(LayerNorm([x'_cls || x_patch^j]))   the CLS token is the ONLY query
     z^i    = [g_i(y_cls) || x_patch^i]                    g_i: LayerNorm -> GELU -> Dense(D_j -> D_i)
 
+Two options for the paper's ablations (defaults: timm's and the official code's model):
+`identity_projections=True` makes f and g identities between equal widths (the official code's
+disabled identity branch; Table 7 (B) counts it), and `cls_token=False` is the text's model without
+CLS tokens (Sec. 4.3): the mean of branch i's patch tokens takes x_cls^i's place as the query, and
+g_i(y_cls) takes the mean's place: every patch token of branch i moves by g_i(y_cls) - mean.
+
 Because only the CLS token queries, the attention map is 1 x (N + 1) per head: the cost of the
 fusion is linear, not quadratic, in the number of patch tokens. There is no MLP after it.
 """
@@ -100,6 +106,10 @@ class CrossAttentionFusion(keras.layers.Layer):
     attends (as the only query) to that branch's patch tokens, and is projected back by g.
     Patch tokens pass through unchanged. Input and output: [tokens_small, tokens_large].
 
+    `identity_projections`: f and g are identities where the two widths are equal (else learned).
+    `cls_token=False`: the inputs are patch tokens alone; their mean is each branch's CLS token
+    (module docstring).
+
     `depth` is the paper's L (cross-attention layers per branch); like timm and the official code,
     layer l > 0 attends to the output of layer l - 1 alone."""
 
@@ -112,6 +122,8 @@ class CrossAttentionFusion(keras.layers.Layer):
         attn_drop_rate=0.0,
         proj_drop_rate=0.0,
         drop_path_rate=0.0,
+        cls_token=True,
+        identity_projections=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -122,11 +134,19 @@ class CrossAttentionFusion(keras.layers.Layer):
         self.attn_drop_rate = attn_drop_rate
         self.proj_drop_rate = proj_drop_rate
         self.drop_path_rate = drop_path_rate
+        self.cls_token = cls_token
+        self.identity_projections = identity_projections
         dtype = self.dtype_policy
+
+        def projection(dim_out, name):
+            if identity_projections and self.dims[0] == self.dims[1]:
+                return keras.layers.Identity(name=name, dtype=dtype)
+            return Projection(dim_out, name=name, dtype=dtype)
+
         self.projs, self.fusion, self.revert_projs = [], [], []
         for i in range(2):
             j = 1 - i
-            self.projs.append(Projection(self.dims[j], name=f"projs_{i}", dtype=dtype))
+            self.projs.append(projection(self.dims[j], f"projs_{i}"))
             self.fusion.append(
                 [
                     CrossAttentionBlock(
@@ -142,28 +162,36 @@ class CrossAttentionFusion(keras.layers.Layer):
                     for layer in range(depth)
                 ]
             )
-            self.revert_projs.append(Projection(self.dims[i], name=f"revert_projs_{i}", dtype=dtype))
+            self.revert_projs.append(projection(self.dims[i], f"revert_projs_{i}"))
 
     def build(self, input_shape):
         shapes = [tuple(s) for s in input_shape]
+        extra = 0 if self.cls_token else 1  # the mean token, put in front of the other branch's patches
         for i in range(2):
             j = 1 - i
             self.projs[i].build((shapes[i][0], 1, self.dims[i]))
+            length = None if shapes[j][1] is None else shapes[j][1] + extra
             for block in self.fusion[i]:
-                block.build((shapes[j][0], shapes[j][1], self.dims[j]))
+                block.build((shapes[j][0], length, self.dims[j]))
             self.revert_projs[i].build((shapes[i][0], 1, self.dims[j]))
 
     def call(self, inputs, training=None):
         # One split per branch into (CLS token, patch tokens): its gradient is one concatenation,
         # where slicing x[:, :1] and x[:, 1:] costs two full-size StridedSliceGrads and their sum.
-        cls_tokens, patches = zip(*(ops.split(x, [1], axis=1) for x in inputs), strict=True)
+        if self.cls_token:
+            cls_tokens, patches = zip(*(ops.split(x, [1], axis=1) for x in inputs), strict=True)
+        else:
+            cls_tokens, patches = [ops.mean(x, axis=1, keepdims=True) for x in inputs], inputs
         outputs = []
         for i in range(2):
             j = 1 - i
             y = ops.concatenate([self.projs[i](cls_tokens[i]), patches[j]], axis=1)  # f_i
             for block in self.fusion[i]:
                 y = block(y, training=training)
-            outputs.append(ops.concatenate([self.revert_projs[i](y), patches[i]], axis=1))  # g_i
+            if self.cls_token:
+                outputs.append(ops.concatenate([self.revert_projs[i](y), patches[i]], axis=1))  # g_i
+            else:  # g_i(y) replaces the mean of the patch tokens
+                outputs.append(patches[i] + (self.revert_projs[i](y) - cls_tokens[i]))
         return outputs
 
     def compute_output_shape(self, input_shape):
@@ -179,4 +207,6 @@ class CrossAttentionFusion(keras.layers.Layer):
             "attn_drop_rate": self.attn_drop_rate,
             "proj_drop_rate": self.proj_drop_rate,
             "drop_path_rate": self.drop_path_rate,
+            "cls_token": self.cls_token,
+            "identity_projections": self.identity_projections,
         }

@@ -81,26 +81,38 @@ class PatchEmbedding(keras.layers.Layer):
 
 @register
 class ClassTokenPositionEmbedding(keras.layers.Layer):
-    """Prepends the learnable CLS token and adds the learnable position embedding (1 + N tokens)."""
+    """Prepends the learnable CLS token and adds the learnable position embedding (1 + N tokens).
+    With `cls_token=False` (the paper's ablation without CLS tokens): the position embedding of
+    the N patch tokens alone."""
 
-    def __init__(self, num_patches, dim, **kwargs):
+    def __init__(self, num_patches, dim, cls_token=True, **kwargs):
         super().__init__(**kwargs)
         self.num_patches = num_patches
         self.dim = dim
+        self.use_cls_token = cls_token
 
     def build(self, input_shape):
         init = keras.initializers.TruncatedNormal(stddev=0.02)
-        self.cls_token = self.add_weight(shape=(1, 1, self.dim), initializer=init, name="cls_token")
-        self.pos_embed = self.add_weight(shape=(1, 1 + self.num_patches, self.dim), initializer=init, name="pos_embed")
+        if self.use_cls_token:
+            self.cls_token = self.add_weight(shape=(1, 1, self.dim), initializer=init, name="cls_token")
+        length = int(self.use_cls_token) + self.num_patches
+        self.pos_embed = self.add_weight(shape=(1, length, self.dim), initializer=init, name="pos_embed")
 
     def call(self, patches):
         if patches.shape[1] is not None and patches.shape[1] != self.num_patches:
             raise ValueError(f"Expected {self.num_patches} patch tokens, got {patches.shape[1]}.")
+        if not self.use_cls_token:
+            return patches + ops.cast(self.pos_embed, patches.dtype)
         cls = ops.broadcast_to(ops.cast(self.cls_token, patches.dtype), (ops.shape(patches)[0], 1, self.dim))
         return ops.concatenate([cls, patches], axis=1) + ops.cast(self.pos_embed, patches.dtype)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], 1 + self.num_patches, self.dim)
+        return (input_shape[0], int(self.use_cls_token) + self.num_patches, self.dim)
 
     def get_config(self):
-        return {**super().get_config(), "num_patches": self.num_patches, "dim": self.dim}
+        return {
+            **super().get_config(),
+            "num_patches": self.num_patches,
+            "dim": self.dim,
+            "cls_token": self.use_cls_token,
+        }

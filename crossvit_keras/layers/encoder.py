@@ -25,7 +25,8 @@ class MultiScaleEncoder(keras.layers.Layer):
     """One stage: `depth` = (N, M, L) blocks in the small branch, the large branch and the fusion.
 
     `drop_path_rates[k]` is the stochastic-depth rate of the k-th block of each branch; the fusion
-    takes the last one (as timm and the official code do)."""
+    takes the last one (as timm and the official code do). `cls_token` and `identity_projections`
+    are the cross-attention's ablation options (CrossAttentionFusion); the defaults are timm's model."""
 
     def __init__(
         self,
@@ -38,6 +39,8 @@ class MultiScaleEncoder(keras.layers.Layer):
         attn_drop_rate=0.0,
         proj_drop_rate=0.0,
         fusion="cross_attention",
+        cls_token=True,
+        identity_projections=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -52,6 +55,15 @@ class MultiScaleEncoder(keras.layers.Layer):
         self.attn_drop_rate = attn_drop_rate
         self.proj_drop_rate = proj_drop_rate
         self.fusion_name = fusion
+        self.cls_token = cls_token
+        self.identity_projections = identity_projections
+        options = {}  # only the cross-attention has them: the other fusions never see them
+        if not cls_token or identity_projections:
+            if fusion != "cross_attention":
+                raise ValueError(
+                    f"cls_token=False and identity_projections=True need fusion='cross_attention', got {fusion!r}."
+                )
+            options = {"cls_token": cls_token, "identity_projections": identity_projections}
         dtype = self.dtype_policy
         self.blocks = [
             [
@@ -80,6 +92,7 @@ class MultiScaleEncoder(keras.layers.Layer):
             self.drop_path_rates[-1],
             name="fusion",
             dtype=dtype,
+            **options,
         )
 
     def build(self, input_shape):
@@ -112,4 +125,6 @@ class MultiScaleEncoder(keras.layers.Layer):
             "attn_drop_rate": self.attn_drop_rate,
             "proj_drop_rate": self.proj_drop_rate,
             "fusion": self.fusion_name,
+            "cls_token": self.cls_token,
+            "identity_projections": self.identity_projections,
         }

@@ -128,7 +128,8 @@ class AllAttentionFusion(Fusion):
     Design, from Eq. 2 and Table 6 (CrossViT-S: 27.7 M parameters, 7.6 GMACs): both f_l and g_l
     are learned (Eq. 2 writes them; as identities, like f_l and g_l of the class-token fusion, the
     model has 25.96 M / 7.41 GMACs). So: 26.85 M parameters and 7.58 GMACs. The GMACs match;
-    the parameters are 0.85 M (0.28 M per stage) short of the paper's, and nothing in the
+    the parameters are 0.85 M (0.28 M per stage) short of the paper's (1.00 M as the paper
+    counts, without the position embeddings: crossvit_keras.ablations), and nothing in the
     equations fills that gap without computation the GMACs do not have: an MLP after the MSA
     (ratio 1: 27.74 M but 8.11 GMACs; the branches' ratio 4: 29.5 M, 9.5 GMACs) would add it."""
 
