@@ -45,7 +45,7 @@ def _quiet_tensorflow_start():
 with _quiet_tensorflow_start():
     import keras  # noqa: E402, F401  (loads TensorFlow)
 
-from crossvit_keras import ablations, configs, layers, optimizers  # noqa: E402
+from crossvit_keras import ablations, configs, layers, optimizers, schedules  # noqa: E402
 from crossvit_keras.branches import branch_logits  # noqa: E402
 from crossvit_keras.export import export_saved_model  # noqa: E402
 from crossvit_keras.model import CrossViT, create_model, list_models  # noqa: E402
@@ -60,5 +60,6 @@ __all__ = [
     "layers",
     "list_models",
     "optimizers",
+    "schedules",
 ]
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 
+from crossvit_keras import configs
 from crossvit_keras.atomic import atomic_path
 
 logger = logging.getLogger("crossvit_keras.training")
@@ -16,18 +17,6 @@ logger = logging.getLogger("crossvit_keras.training")
 CHECKPOINT = "checkpoint.keras"
 PREVIOUS = "checkpoint-previous.keras"
 LOG = "log.jsonl"
-# The model config keys that decide whether a checkpoint's weights fit (dropout rates and dtype do not).
-ARCHITECTURE = (
-    "image_sizes",
-    "patch_sizes",
-    "embed_dims",
-    "depths",
-    "num_heads",
-    "mlp_ratios",
-    "multi_conv",
-    "qkv_bias",
-    "fusion",
-)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -211,7 +200,7 @@ def check_same_run(saved, current, config_path):
     that keeps the run described by `current` from resuming the checkpoints of `saved` (both
     config.json dicts)."""
     checks = [("--model", saved.get("model"), current["model"])]
-    for key in ARCHITECTURE:
+    for key in configs.ARCHITECTURE:
         checks.append((f"the model's {key}", saved.get("model_config", {}).get(key), current["model_config"][key]))
     checks += [
         ("the class count", saved.get("dataset", {}).get("num_classes"), current["dataset"]["num_classes"]),

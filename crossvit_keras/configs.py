@@ -92,6 +92,28 @@ OVERRIDES = (
     "dtype",
 )
 
+# The config keys that decide a model's architecture (which weights it has, and their shapes;
+# dropout rates and the dtype do not), and the values the variants above leave to CrossViT.
+ARCHITECTURE = (
+    "image_sizes",
+    "patch_sizes",
+    "embed_dims",
+    "depths",
+    "num_heads",
+    "mlp_ratios",
+    "multi_conv",
+    "qkv_bias",
+    "fusion",
+    "cls_token",
+    "identity_projections",
+)
+ARCHITECTURE_DEFAULTS = {
+    "qkv_bias": True,
+    "fusion": "cross_attention",
+    "cls_token": True,
+    "identity_projections": False,
+}
+
 # A tiny CrossViT for tests and demos: same structure, 48 px input (small branch 4 x 4 patches,
 # large branch resized to 32 px, 2 x 2 patches), two stages.
 TEST_OVERRIDES = {

@@ -260,17 +260,13 @@ def build_model(args, num_classes):
     return model
 
 
-# What makes a variant's architecture (the rest of create_model's overrides are training settings).
-ARCHITECTURE = ("image_sizes", "patch_sizes", "embed_dims", "depths", "num_heads", "mlp_ratios", "multi_conv", "fusion")
-
-
 def model_label(model):
     """The model's name for logs and plots: its variant, and what differs from that variant, e.g.
     "crossvit_tiny_240 (modified: embed_dims=(64,128) depths=((1,3,1),) ...)" for the quickstart's model."""
     variant = configs.VARIANTS.get(model.name)
     if variant is None:
         return model.name
-    variant = {"fusion": "cross_attention", **variant}
+    variant = {**configs.ARCHITECTURE_DEFAULTS, **variant}
     config = model.get_config()
 
     def plain(value):
@@ -278,7 +274,8 @@ def model_label(model):
             return tuple(plain(v) for v in value)
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
-    changes = [f"{k}={config[k]}".replace(" ", "") for k in ARCHITECTURE if plain(config[k]) != plain(variant[k])]
+    changed = [k for k in configs.ARCHITECTURE if plain(config[k]) != plain(variant[k])]
+    changes = [f"{k}={config[k]}".replace(" ", "") for k in changed]
     return f"{model.name} (modified: {' '.join(changes)})" if changes else model.name
 
 

@@ -233,3 +233,28 @@ def test_bad_batches_raise_a_clear_value_error(images, message):
 def test_impossible_models_fail_at_construction(name, overrides, message):
     with pytest.raises(ValueError, match=message):
         crossvit_keras.create_model(name, **overrides)
+
+
+def test_architecture_defaults_are_crossvits():
+    import inspect
+
+    from crossvit_keras import configs
+    from crossvit_keras.model import CrossViT
+
+    parameters = inspect.signature(CrossViT.__init__).parameters
+    assert {k: parameters[k].default for k in configs.ARCHITECTURE_DEFAULTS} == configs.ARCHITECTURE_DEFAULTS
+    assert set(configs.ARCHITECTURE) <= set(parameters)
+
+
+def test_importing_the_package_registers_the_recipes_schedule():
+    """A trained model.keras holds the recipe's optimizer and its WarmupCosine schedule:
+    keras.models.load_model must find both after `import crossvit_keras` alone (a fresh process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import crossvit_keras, keras; get = keras.saving.get_registered_object; "
+        "assert get('crossvit_keras>WarmupCosine') and get('crossvit_keras>AdamW')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -198,6 +198,20 @@ def weights_h5(path):
     return arrays
 
 
+def run_until_first_checkpoint(command, out, log_path, env):
+    """Runs the recipe, kills it (SIGKILL) as soon as its first checkpoint exists; returns its output."""
+    with open(log_path, "w") as log:
+        first = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while not (out / training.CHECKPOINT).exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    killed_at = log_path.read_text()
+    assert (out / training.CHECKPOINT).exists(), killed_at[-3000:]
+    return killed_at
+
+
 @pytest.fixture(scope="module")
 def mirrored_run(tmp_path_factory):
     """The recipe under MirroredStrategy over 2 logical CPUs, 4 epochs of 2 steps: killed (SIGKILL)
@@ -207,15 +221,7 @@ def mirrored_run(tmp_path_factory):
     command = [sys.executable, RECIPE, "--data-path", make_folder(root / "images"), "--output_dir", str(out), *TINY]
     command += ["--batch-size", "4", "--epochs", "4", "--warmup-epochs", "1", "--lr", "1e-3", "--unscale-lr"]
     command += ["--strategy", "mirrored", "--cpu-devices", "2", "--verbose", "2"]
-    with open(root / "first.log", "w") as log:
-        first = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while not (out / training.CHECKPOINT).exists() and first.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    killed_at = (root / "first.log").read_text()
-    assert (out / training.CHECKPOINT).exists(), killed_at[-3000:]
+    killed_at = run_until_first_checkpoint(command, out, root / "first.log", ENV)
     second = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     return out, killed_at, second.stdout

@@ -4,16 +4,12 @@ trains, is killed and resumes, and its SavedModel has no XLA ops."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from helpers import REPO
-from test_training import ENV, RECIPE, TINY, make_folder
-
-from crossvit_keras import training
+from test_training import ENV, RECIPE, TINY, make_folder, run_until_first_checkpoint
 
 XLA_LOG = "Compiled cluster using XLA"  # TensorFlow's INFO line, logged once per process
 XLA_ENV = {**ENV, "TF_CPP_MIN_LOG_LEVEL": "0"}
@@ -126,15 +122,7 @@ def test_recipe_with_xla_under_mirrored_is_killed_resumes_and_exports_without_xl
     command = [sys.executable, RECIPE, "--data-path", make_folder(tmp_path / "images"), "--output_dir", str(out)]
     command += [*TINY, "--batch-size", "4", "--epochs", "3", "--warmup-epochs", "1", "--aa", "none"]
     command += ["--strategy", "mirrored", "--cpu-devices", "2", "--jit-compile", "on", "--verbose", "2"]
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(command, cwd=REPO, env=XLA_ENV, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while not (out / training.CHECKPOINT).exists() and first.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    killed_at = (tmp_path / "first.log").read_text()
-    assert (out / training.CHECKPOINT).exists(), killed_at[-3000:]
+    killed_at = run_until_first_checkpoint(command, out, tmp_path / "first.log", XLA_ENV)
     assert XLA_LOG in killed_at
     second = subprocess.run(command, cwd=REPO, env=XLA_ENV, capture_output=True, text=True, timeout=400)
     output = second.stdout + second.stderr
