@@ -291,7 +291,7 @@ def load_keras_model(path):
 
     if not os.path.isfile(path):
         raise ValueError(f"Model file {path} not found; give a .keras file saved with model.save().")
-    return keras.saving.load_model(path)
+    return keras.saving.load_model(path, compile=False)  # no optimizer needed (nor its schedule class)
 
 
 def resolve_class_names(class_names_file, num_classes):
