@@ -33,7 +33,8 @@ import sys
 import tempfile
 import time
 
-TASKS = ("predict", "savedmodel", "fit")
+DEPLOY_TASKS = tuple("onnx onnx_int8 openvino openvino_fp16 litert litert_fp16 litert_int8 timm timm_onnx".split())
+TASKS = ("predict", "savedmodel", "fit", *DEPLOY_TASKS)  # any of DEPLOY_TASKS: crossvit_keras/bench_deploy.py
 DTYPES = ("float32", "mixed_bfloat16")
 XLA_MODES = ("default", "off", "on")  # default: what model.compile() picks (Keras: off on CPU-only hosts)
 RECIPE = {"learning_rate": 5e-4, "weight_decay": 0.05, "drop_path_rate": 0.1}
@@ -552,7 +553,7 @@ def build_parser():
     parser.add_argument("--model", default="crossvit_15_240", help="variant (timm name); default crossvit_15_240")
     parser.add_argument("--batch-size", type=positive, default=32, help="inference batch size (default 32)")
     parser.add_argument("--train-batch-size", type=positive, default=16, help="training batch size (default 16)")
-    parser.add_argument("--tasks", type=parse_list(TASKS), default=list(TASKS), help="predict,savedmodel,fit")
+    parser.add_argument("--tasks", type=parse_list(TASKS), default=list(TASKS[:3]), help="predict,savedmodel,fit")
     parser.add_argument("--dtypes", type=parse_list(DTYPES), default=list(DTYPES), help="float32,mixed_bfloat16")
     parser.add_argument(
         "--xla",
@@ -622,6 +623,8 @@ def main(argv=None):
                 f"--reference needs a python with torch and timm; {args.reference_python} is not executable. "
                 "Create the reference venv or pass --reference-python PATH."
             )
+    if set(args.tasks) & set(DEPLOY_TASKS):  # deployment runtimes side by side: crossvit_keras/bench_deploy.py
+        return __import__("crossvit_keras.bench_deploy").bench_deploy.run(args)
     try:
         import crossvit_keras.export  # noqa: F401
     except ImportError:

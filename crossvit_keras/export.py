@@ -291,7 +291,7 @@ def load_keras_model(path):
 
     if not os.path.isfile(path):
         raise ValueError(f"Model file {path} not found; give a .keras file saved with model.save().")
-    return keras.saving.load_model(path)
+    return keras.saving.load_model(path, compile=False)  # no optimizer needed (nor its schedule class)
 
 
 def resolve_class_names(class_names_file, num_classes):
@@ -320,6 +320,14 @@ def main(argv=None):
         "--output", required=True, help="SavedModel directory, a numbered version: models/crossvit_15/1"
     )
     parser.add_argument(
+        "--format",
+        choices=["saved_model", "onnx", "openvino", "litert"],
+        default="saved_model",
+        help="saved_model (default, for TF Serving) or a file taking normalised images, returning logits "
+        "(crossvit_keras.export_formats)",
+    )
+    parser.add_argument("--quantize", choices=["none", "float16", "int8"], default="none", help="not for saved_model")
+    parser.add_argument(
         "--class-names",
         help="text file, one class name per line (default: ImageNet names for 1000 classes)",
     )
@@ -334,6 +342,15 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     try:
+        if args.format != "saved_model":  # ONNX, OpenVINO, LiteRT: crossvit_keras/export_formats.py
+            from crossvit_keras.export_formats import check_options, export_format
+
+            check_options(args.format, args.quantize, args.output)
+            path = export_format(load_keras_model(args.model), args.output, args.format, args.quantize, args.overwrite)
+            print(f"Exported {args.model} to {path} ({args.format}, quantize {args.quantize}).")
+            return 0
+        if args.quantize != "none":
+            raise ValueError("--quantize is for --format onnx, openvino or litert, not saved_model")
         model = load_keras_model(args.model)
         names, note = resolve_class_names(args.class_names, model_num_classes(model))
         path = export_saved_model(

@@ -66,15 +66,16 @@ _INV_SQRT_2PI = (2.0 * math.pi) ** -0.5
 @ops.custom_gradient
 def gelu(x):
     """Exact (erf) GELU as torch.nn.GELU() computes it, x * Phi(x) with Phi(x) = 0.5 * (1 + erf(x /
-    sqrt(2))), and its derivative Phi(x) + x * exp(-x^2 / 2) / sqrt(2 pi) written out. In this form,
-    after a 2-D Dense, TensorFlow's oneDNN graph rewrite still fuses the matmul, bias and GELU of
-    the forward pass into one kernel."""
-    cdf = 0.5 * (1.0 + ops.erf(x * _SQRT_HALF))
+    sqrt(2))), and its derivative Phi(x) + x * exp(-x^2 / 2) / sqrt(2 pi) written out. Written as
+    0.5 * x * (1 + erf(x / sqrt(2))) (the same float numbers as x * Phi(x): a product by 0.5 is
+    exact), the pattern the LiteRT converter maps to its builtin GELU (x * Phi(x) needs the Flex
+    delegate for erf; keras.ops.gelu's erfc is not supported by tf2onnx)."""
 
     def grad(upstream):
+        cdf = 0.5 * (1.0 + ops.erf(x * _SQRT_HALF))
         return upstream * (cdf + x * ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI)
 
-    return x * cdf, grad
+    return 0.5 * x * (1.0 + ops.erf(x * _SQRT_HALF)), grad
 
 
 @ops.custom_gradient
