@@ -20,9 +20,11 @@ from crossvit_keras.layers.resize import BicubicResize
 def drop_path_schedule(depths, rate):
     """Per-stage stochastic-depth rates, exactly as timm and the official code compute them:
     linspace(0, rate) over all blocks, each stage taking max(N, M) + L' of them, where L' is their
-    encoding of the fusion depth (0 for one cross-attention layer)."""
+    encoding of the fusion depth (0 for one cross-attention layer). timm spreads the rates over
+    sum(M + L'), which is the same while N <= M (every variant) and too few otherwise (timm fails
+    there with an IndexError); this spreads them over sum(max(N, M) + L')."""
     fusion = [0 if depth[2] == 1 else depth[2] for depth in depths]
-    total = sum(depth[1] + f for depth, f in zip(depths, fusion, strict=True))
+    total = sum(max(depth[:2]) + f for depth, f in zip(depths, fusion, strict=True))
     rates = np.linspace(0.0, rate, total).tolist()
     schedule, start = [], 0
     for depth, f in zip(depths, fusion, strict=True):

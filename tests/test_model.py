@@ -95,6 +95,15 @@ def test_drop_path_schedule_is_timms():
     assert stage.fusion.fusion[0][0].drop_path.rate == pytest.approx(0.3)
 
 
+def test_drop_path_schedule_with_more_small_than_large_blocks():
+    """A stage with N > M (an ablation timm's schedule cannot build) gets max(N, M) + L' rates."""
+    schedule = drop_path_schedule(((1, 2, 2), (2, 1, 1)), 0.5)
+    assert [len(stage) for stage in schedule] == [4, 2]
+    np.testing.assert_allclose(schedule[0] + schedule[1], np.linspace(0, 0.5, 6))
+    model = tiny_model(depths=((1, 2, 2), (2, 1, 1)), drop_path_rate=0.5)
+    assert model(random_inputs((1, 48, 48, 3))).shape == (1, model.num_classes)
+
+
 def test_tiny_forward_is_deterministic_at_inference():
     model = tiny_model()
     x = random_inputs((3, 48, 48, 3))
