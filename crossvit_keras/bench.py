@@ -508,6 +508,16 @@ def report(results, args):
     return lines
 
 
+def print_report(lines, results, json_path=None):
+    """Prints the report's lines and, with `--json PATH`, writes the results there (atomically)."""
+    print("\n".join(lines))
+    if json_path:
+        tmp = f"{json_path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, json_path)
+
+
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -660,12 +670,7 @@ def main(argv=None):
         except RuntimeError as error:
             log(f"{label}: FAILED, skipped: {error}")
     lines = report(results, args)
-    print("\n".join(lines))
-    if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, args.json)
+    print_report(lines, results, args.json)
     return 0
 
 

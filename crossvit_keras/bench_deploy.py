@@ -207,12 +207,7 @@ def run(args):
         )
         results.append(result)
     lines = report(results, args, bench.cpu_name())
-    print("\n".join(lines))
-    if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, args.json)
+    bench.print_report(lines, results, args.json)
     return 0
 
 

@@ -285,12 +285,7 @@ def run(args):
     if results:
         versions = {kind: info["version"] for kind, info in results[0]["infos"].items()}
         lines.append("Versions: " + "; ".join(versions.values()) + ".")
-    print("\n".join(lines))
-    if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, args.json)
+    bench.print_report(lines, results, args.json)
     return 0 if len(results) == len(cases) else 1
 
 
