@@ -258,12 +258,7 @@ def test_architecture_defaults_are_crossvits():
 def test_importing_the_package_registers_the_recipes_schedule():
     """A trained model.keras holds the recipe's optimizer and its WarmupCosine schedule:
     keras.models.load_model must find both after `import crossvit_keras` alone (a fresh process)."""
-    import subprocess
-    import sys
-
-    code = (
+    run_python(
         "import crossvit_keras, keras; get = keras.saving.get_registered_object; "
         "assert get('crossvit_keras>WarmupCosine') and get('crossvit_keras>AdamW')"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
