@@ -133,9 +133,10 @@ def exact_loss(logs):
 
 def save_checkpoint(model, directory):
     """Writes DIR/checkpoint.keras atomically, the one it replaces becoming DIR/checkpoint-previous.keras:
-    the new file is complete and on disk before the old one is renamed, so a good checkpoint exists
-    at every moment. An OSError (full disk, read-only directory) leaves both files as they were and
-    raises CheckpointWriteError saying so."""
+    the new file is complete before the old one is renamed (and flushed to disk before it takes
+    its name), so at every moment one of the two names holds a good checkpoint. An OSError (full
+    disk, read-only directory) leaves both files as they were and raises CheckpointWriteError
+    saying so."""
     path, previous = os.path.join(directory, CHECKPOINT), os.path.join(directory, PREVIOUS)
     try:
         with atomic_path(path) as temporary:

@@ -399,28 +399,36 @@ def config_from_timm(img_size, patch_size, embed_dim, depth, num_heads, mlp_rati
 # ----------------------------------------------------------------------------- conversion
 
 
+def converted_model(model_name, checkpoint, num_classes=None, log=None, **overrides):
+    """Builds `model_name` and loads `checkpoint` into it strictly (in memory).
+
+    num_classes defaults to the checkpoint's; overrides go to create_model."""
+    from crossvit_keras.model import create_model
+
+    state_dict = load_checkpoint(checkpoint)
+    if num_classes is None:
+        head = state_dict.get("head.0.weight")
+        num_classes = 0 if head is None else int(head.shape[0])
+    model = create_model(model_name, num_classes=num_classes, **overrides)
+    load_weights(model, state_dict, log=log)
+    return model
+
+
 def convert(model_name, checkpoint, output, num_classes=None, image_size=None, log=None, **overrides):
     """Builds `model_name`, loads `checkpoint` strictly and saves a `.keras` file atomically.
 
     num_classes defaults to the checkpoint's; image_size to the variant's; overrides go to create_model."""
-    from crossvit_keras.model import create_model
-
     log = log or logger.info
     output = os.fspath(output)
     if not output.endswith(".keras"):
         raise ValueError(f"The output must be a .keras file, got {output}.")
     if os.path.isdir(output):
         raise ValueError(f"The output {output} is a directory; give the path of a .keras file.")
-    state_dict = load_checkpoint(checkpoint)
-    if num_classes is None:
-        head = state_dict.get("head.0.weight")
-        num_classes = 0 if head is None else int(head.shape[0])
     if image_size is not None:
         overrides["image_size"] = image_size
-    model = create_model(model_name, num_classes=num_classes, **overrides)
-    load_weights(model, state_dict, log=log)
+    model = converted_model(model_name, checkpoint, num_classes, log=log, **overrides)
     save_model(model, output)
-    log(f"wrote {output} ({model.name}, {model.count_params():,} parameters, {num_classes} classes)")
+    log(f"wrote {output} ({model.name}, {model.count_params():,} parameters, {model.num_classes} classes)")
     return model
 
 

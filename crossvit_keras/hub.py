@@ -156,23 +156,13 @@ def load_pretrained(name, pretrained=True, num_classes=1000, log=None, **overrid
     configs.resolve_config(name, **overrides)  # a bad override fails before any download
     checkpoint = checkpoint_path(name, pretrained)
     if not _is_hub_file(checkpoint):  # a local file: converted each time, nothing written beside it
-        state_dict = convert.load_checkpoint(checkpoint)
-        if num_classes is None:
-            num_classes = _classes(state_dict)
-        model = create_model(name, num_classes=num_classes, **overrides)
-        convert.load_weights(model, state_dict, log=log)
-        return model
+        return convert.converted_model(name, checkpoint, num_classes, log=log, **overrides)
     model = _cached_conversion(name, checkpoint, overrides, log)
     if num_classes is None or num_classes == model.num_classes:
         return model
     target = create_model(name, num_classes=num_classes, **overrides)
     convert.assign_weights(target, {w.path: w.numpy() for w in model.weights}, log=log)
     return target
-
-
-def _classes(state_dict):
-    head = state_dict.get("head.0.weight")
-    return 0 if head is None else int(head.shape[0])
 
 
 def _cached_conversion(name, checkpoint, overrides, log):
@@ -193,9 +183,4 @@ def _cached_conversion(name, checkpoint, overrides, log):
         return convert.convert(name, checkpoint, cached, log=log, **overrides)
     except OSError as error:  # a read-only cache: convert in memory
         log(f"the conversion was not cached ({_first_line(error)})")
-        state_dict = convert.load_checkpoint(checkpoint)
-        from crossvit_keras.model import create_model
-
-        model = create_model(name, num_classes=_classes(state_dict), **overrides)
-        convert.load_weights(model, state_dict, log=log)
-        return model
+        return convert.converted_model(name, checkpoint, log=log, **overrides)

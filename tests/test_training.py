@@ -264,10 +264,11 @@ def test_killed_run_resumes_from_its_last_epoch(mirrored_run):
 
 
 def test_quickstart_learns_digits(tmp_path):
-    """A small CrossViT trained for 6 epochs on scikit-learn's digits is far above chance (10%)."""
+    """A small CrossViT trained for 8 epochs on scikit-learn's digits is far above chance (10%).
+    (6 epochs gave 76% alone but 59.7% once in a full suite run: tf.data's batch order varies.)"""
     out = tmp_path / "quickstart"
     command = [sys.executable, os.path.join(REPO, "recipes", "quickstart.py"), "--output-dir", str(out)]
-    command += ["--epochs", "6", "--warmup-epochs", "1"]
+    command += ["--epochs", "8", "--warmup-epochs", "1"]
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     evaluation = json.loads((out / "eval.json").read_text())

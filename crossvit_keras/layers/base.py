@@ -71,11 +71,12 @@ def gelu(x):
     exact), the pattern the LiteRT converter maps to its builtin GELU (x * Phi(x) needs the Flex
     delegate for erf; keras.ops.gelu's erfc is not supported by tf2onnx)."""
 
-    def grad(upstream):
-        cdf = 0.5 * (1.0 + ops.erf(x * _SQRT_HALF))
-        return upstream * (cdf + x * ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI)
+    erf = ops.erf(x * _SQRT_HALF)  # once: the backward pass reuses it
 
-    return 0.5 * x * (1.0 + ops.erf(x * _SQRT_HALF)), grad
+    def grad(upstream):
+        return upstream * (0.5 * (1.0 + erf) + x * ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI)
+
+    return 0.5 * x * (1.0 + erf), grad
 
 
 @ops.custom_gradient
