@@ -1,4 +1,6 @@
-"""CrossViT in Keras 3: `create_model("crossvit_15_240")`, `list_models()`, and the layers."""
+"""CrossViT in Keras 3: `create_model("crossvit_15_240")`, `load_model(...)`, `list_models()`, the
+model class and its layers. Importing the package registers its Keras classes (layers, model,
+optimizers, schedule), so that `keras.models.load_model` opens the `.keras` files it writes."""
 
 import contextlib
 import os
@@ -45,13 +47,17 @@ def _quiet_tensorflow_start():
 with _quiet_tensorflow_start():
     import keras  # noqa: E402, F401  (loads TensorFlow)
 
-from crossvit_keras import ablations, configs, layers, optimizers, schedules  # noqa: E402
+from crossvit_keras import ablations, configs, layers  # noqa: E402
 from crossvit_keras.branches import branch_logits  # noqa: E402
-from crossvit_keras.export import export_saved_model  # noqa: E402
-from crossvit_keras.model import CrossViT, create_model, list_models  # noqa: E402
+from crossvit_keras.factory import ModelLoadError, create_model, list_models, load_model  # noqa: E402
+from crossvit_keras.model import CrossViT  # noqa: E402
+from crossvit_keras.training import optimizers, schedules  # noqa: E402, F401  (register AdamW, SGDL2, WarmupCosine)
+from crossvit_keras.version import __version__  # noqa: E402
 
 __all__ = [
     "CrossViT",
+    "ModelLoadError",
+    "__version__",
     "ablations",
     "branch_logits",
     "configs",
@@ -59,7 +65,13 @@ __all__ = [
     "export_saved_model",
     "layers",
     "list_models",
-    "optimizers",
-    "schedules",
+    "load_model",
 ]
-__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name == "export_saved_model":  # imported on first use: the export needs more of TensorFlow
+        from crossvit_keras.export import export_saved_model
+
+        return export_saved_model
+    raise AttributeError(f"module 'crossvit_keras' has no attribute {name!r}")

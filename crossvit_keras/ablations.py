@@ -2,13 +2,14 @@
 
     model = crossvit_keras.ablations.create_ablation("B")          # Table 7 (B) on CrossViT-S
     model = crossvit_keras.create_model("crossvit_small_240", **ABLATIONS["B"])   # the same
-    python -m crossvit_keras.bench --macs                           # prints Tables 6 and 7, ours vs the paper's
+    count_macs(configs.resolve_config(BASE, **ABLATIONS["B"]))      # its multiply-accumulates per image
+    python benchmarks/macs.py        # (from the repository root) Tables 6 and 7, ours vs the paper's
 
 Every ablation is an override of `crossvit_small_240`. How the paper counted (found by fitting its
 tables): its parameters EXCLUDE the position embeddings (CrossViT-S: 26,856,272 - 152,640 =
 26.70 M, the paper's 26.7; Table 7 A-E all fit that way, within 0.06 M, and are 0.18-0.23 M
 above it with them), and its FLOPs are multiply-accumulates of the matrix products and convolutions (as
-timm's table, `bench.count_macs`). Table 7 (B) widens the small branch to 384: the paper's 31.4 M
+timm's table, `count_macs`). Table 7 (B) widens the small branch to 384: the paper's 31.4 M
 is the model whose f and g are identities between the now equal widths (the official code has
 that identity branch, disabled by `and False`): 31.40 M without position embeddings, where
 learned f and g give 33.19 M. So B sets `identity_projections=True`.
@@ -58,11 +59,11 @@ GMACS_TOLERANCE = 0.2
 
 def create_ablation(name, num_classes=1000, **overrides):
     """crossvit_small_240 with the overrides of ABLATIONS[name] (and any further ones)."""
-    from crossvit_keras import create_model
+    from crossvit_keras.model import build_model
 
     if name not in ABLATIONS:
         raise ValueError(f"Unknown ablation {name!r}; choose one of {', '.join(ABLATIONS)}.")
-    return create_model(BASE, num_classes=num_classes, **{**ABLATIONS[name], **overrides})
+    return build_model(BASE, num_classes=num_classes, **{**ABLATIONS[name], **overrides})
 
 
 def position_embedding_params(model):
@@ -76,7 +77,33 @@ def paper_params(model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Multiply-accumulates of the fusions (bench.count_macs counts the rest of the model).
+# Multiply-accumulates per image, counted like timm's table (matmuls and convs; not the norms,
+# activations, softmax or the 4-tap bicubic resize).
+
+
+def count_macs(config):
+    """Multiply-accumulates of one forward pass of one image, from `configs.resolve_config`."""
+    from crossvit_keras.layers.embedding import MULTI_CONV_STEMS
+
+    tokens, macs = [], 0
+    for size, patch, dim in zip(config["image_sizes"], config["patch_sizes"], config["embed_dims"], strict=True):
+        stem = MULTI_CONV_STEMS[patch] if config["multi_conv"] else ((patch, patch, 0, 1),)
+        channels = 3
+        for kernel, stride, pad, width in stem:
+            size = (size + 2 * pad - kernel) // stride + 1
+            macs += size * size * kernel * kernel * channels * (dim // width)
+            channels = dim // width
+        tokens.append(int(config.get("cls_token", True)) + size * size)
+    dims = config["embed_dims"]
+    for depth in config["depths"]:
+        for b in range(2):  # N transformer blocks in the small branch, M in the large one
+            t, d, hidden = tokens[b], dims[b], int(dims[b] * config["mlp_ratios"][b])
+            macs += depth[b] * (4 * t * d * d + 2 * t * d * hidden + 2 * t * t * d)  # qkv+proj, MLP, attention
+    return macs + fusion_macs(config, tokens) + sum(dims) * config["num_classes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Multiply-accumulates of the fusions (the fusions of Table 6; count_macs counts the rest).
 
 
 def _projection(tokens, dim_in, dim_out, identity):
@@ -86,7 +113,7 @@ def _projection(tokens, dim_in, dim_out, identity):
 def fusion_macs(config, tokens):
     """MACs of one image through the K fusions of `config` (configs.resolve_config's), where
     `tokens` are the branches' sequence lengths (1 + patches, or patches alone with cls_token=False):
-    the matrix products of f, g and the attentions, as `bench.count_macs` counts the blocks."""
+    the matrix products of f, g and the attentions, as `count_macs` counts the blocks."""
     fusion = config.get("fusion", "cross_attention")
     dims, primary = config["embed_dims"], 1
     macs = 0
@@ -122,7 +149,7 @@ def traced_macs(model, exclude=("resize_",)):
     """An independent count: multiply-accumulates of the MatMul, BatchMatMul and Conv2D ops of the
     model's TensorFlow graph for one image, from their static shapes (ops whose name contains
     one of `exclude` are left out: the bicubic resize, which runs as matrix products but which
-    timm's count and `bench.count_macs` leave out)."""
+    timm's count and `count_macs` leave out)."""
     import tensorflow as tf
 
     size = model.input_shape[1]
@@ -155,74 +182,3 @@ def _prod(values):
     for v in values:
         result *= v
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# The tables of `python -m crossvit_keras.bench --macs`.
-
-
-def measure(overrides):
-    """{params, paper_params, gmacs, traced_gmacs} of crossvit_small_240 with `overrides`."""
-    from crossvit_keras import bench, configs, create_model
-
-    model = create_model(BASE, **overrides)
-    return {
-        "params": model.count_params(),
-        "paper_params": paper_params(model),
-        "gmacs": bench.count_macs(configs.resolve_config(BASE, **overrides)) / 1e9,
-        "traced_gmacs": traced_macs(model) / 1e9,
-    }
-
-
-def _row(label, counts, paper, exempt=False):
-    """A Markdown row, and whether it is within the tolerance of the paper's (params, GMACs)."""
-    paper_m, paper_gmacs = paper
-    if paper_m is None:
-        ok, verdict = True, "-"
-    else:
-        ok = (
-            abs(counts["paper_params"] / 1e6 - paper_m) <= PARAMS_TOLERANCE_M
-            and abs(counts["gmacs"] - paper_gmacs) <= GMACS_TOLERANCE
-        )
-        verdict = "yes" if ok else ("no (documented)" if exempt else "NO")
-    cells = [
-        label,
-        f"{counts['params']:,}",
-        f"{counts['paper_params'] / 1e6:.2f}",
-        "-" if paper_m is None else f"{paper_m:.1f}",
-        f"{counts['gmacs']:.2f}",
-        f"{counts['traced_gmacs']:.2f}",
-        "-" if paper_gmacs is None else f"{paper_gmacs:.1f}",
-        verdict,
-    ]
-    return "| " + " | ".join(cells) + " |", ok or exempt
-
-
-HEADER = [
-    "| {} | params | params w/o pos. embed. (M) | paper (M) | GMACs | traced GMACs | paper GFLOPs | within 0.2 |",
-    "|---|---:|---:|---:|---:|---:|---:|---|",
-]
-
-
-def tables(log=print):
-    """Markdown lines of Tables 6 and 7 (ours next to the paper's), and whether every row is
-    within the tolerance (all-attention exempt). `log` gets a progress line per model."""
-    lines, ok = [f"Table 6: the fusions on {BASE}", "", HEADER[0].format("fusion"), HEADER[1]], True
-    for fusion, paper in PAPER_TABLE6.items():
-        log(f"counting {BASE} fusion={fusion}")
-        row, good = _row(fusion, measure({"fusion": fusion}), paper[:2], exempt=fusion == "all_attention")
-        lines.append(row)
-        ok &= good
-    lines += ["", f"Table 7: ablations of {BASE}", "", HEADER[0].format("ablation"), HEADER[1]]
-    for name, paper in PAPER_TABLE7.items():
-        log(f"counting ablation {name}")
-        row, good = _row(name, measure(ABLATIONS.get(name, {})), paper[:2])
-        lines.append(row)
-        ok &= good
-    lines += [
-        "",
-        "params: model.count_params(); the paper's counts leave out the position embeddings. GMACs: "
-        "bench.count_macs (matmuls and convolutions, as timm); traced: summed from the shapes of the "
-        "MatMul/BatchMatMul/Conv2D ops of the model's TensorFlow graph (ablations.traced_macs).",
-    ]
-    return lines, ok

@@ -37,9 +37,9 @@ VARIANTS = {
     "crossvit_18_dagger_408": _variant((224, 448), 6, 7, 3.0, multi_conv=True, image_sizes=IMAGE_SIZES_408),
 }
 
-# What timm 1.0.31 reports for each variant (../shared/reference/crossvit-reference.md): the exact
-# parameter count with 1000 classes and the GMACs at its input size. `python -m crossvit_keras.bench
-# --macs` checks the models against it.
+# What timm 1.0.31 reports for each variant (tests/fixtures/timm_reference.json): the exact
+# parameter count with 1000 classes and the GMACs at its input size. `python benchmarks/macs.py`
+# checks the models against it.
 TIMM_FIGURES = {
     "crossvit_tiny_240": (7_014_800, 1.57),
     "crossvit_small_240": (26_856_272, 5.63),

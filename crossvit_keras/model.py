@@ -11,7 +11,6 @@ import numpy as np
 from keras import ops
 
 from crossvit_keras import configs
-from crossvit_keras.compat import MirroredXLA
 from crossvit_keras.layers import FUSIONS, ClassTokenPositionEmbedding, MultiScaleEncoder, PatchEmbedding
 from crossvit_keras.layers.base import dense, layer_norm, register
 from crossvit_keras.layers.resize import BicubicResize
@@ -117,13 +116,12 @@ def _validate(image_sizes, patch_sizes, embed_dims, depths, num_heads, mlp_ratio
 
 
 @register
-class CrossViT(MirroredXLA, keras.Model):
+class CrossViT(keras.Model):
     """CrossViT as a Keras functional model.
 
     Input: NHWC float images of size image_sizes[0], normalised with the ImageNet mean and std.
     Output: float32 logits (num_classes), or with num_classes = 0 the two CLS features concatenated.
-    Build a released variant with `crossvit_keras.create_model(name)`. `jit_compile=True` also
-    works under MirroredStrategy (crossvit_keras.compat.MirroredXLA)."""
+    Build a released variant with `crossvit_keras.create_model(name)`."""
 
     def __init__(
         self,
@@ -252,35 +250,24 @@ def check_images(images, image_size):
     if any(s is not None and s != image_size for s in shape[1:3]):
         raise ValueError(
             f"CrossViT expects images {expected}, got {shape}; resize or crop to {image_size} px "
-            "(crossvit_keras.preprocessing.eval_transform) or build the model with image_size="
+            "(crossvit_keras.data.preprocessing.eval_transform) or build the model with image_size="
             f"{shape[1]}."
         )
     dtype = keras.backend.standardize_dtype(images.dtype)
     if "float" not in dtype:
         raise ValueError(
             f"CrossViT expects float images normalised with the ImageNet mean/std, got dtype {dtype}; "
-            "use crossvit_keras.preprocessing.normalize."
+            "use crossvit_keras.data.preprocessing.normalize."
         )
 
 
-def list_models():
-    """The 11 CrossViT variants, under timm's names."""
-    return list(configs.VARIANTS)
-
-
-def create_model(name, num_classes=1000, pretrained=False, **overrides):
-    """A CrossViT variant by timm, paper or official name, e.g. `create_model("crossvit_15")`.
-
-    pretrained: True (the variant's ImageNet-1k weights from timm's hub repository), a hub id
-    ("timm/crossvit_15_240.in1k") or a checkpoint path; see crossvit_keras.hub.
+def build_model(name, num_classes=1000, **overrides):
+    """A freshly initialised CrossViT variant by timm, paper or official name (no weights loaded);
+    `crossvit_keras.create_model` is the entry with `pretrained`.
 
     Overrides: image_size (the small branch's input; the large branch follows the variant's ratio),
     image_sizes, embed_dims, depths, num_heads, mlp_ratios, multi_conv, qkv_bias, drop_rate,
     attn_drop_rate, proj_drop_rate, drop_path_rate, fusion, cls_token, identity_projections (the
     ablations of crossvit_keras.ablations), dtype. num_classes=0 gives features."""
-    if pretrained:
-        from crossvit_keras import hub
-
-        return hub.load_pretrained(name, pretrained, num_classes=num_classes, **overrides)
     config = configs.resolve_config(name, num_classes=num_classes, **overrides)
     return CrossViT(name=configs.canonical_name(name), **config)

@@ -1,8 +1,8 @@
 """Pictures of what a CrossViT computes, for one image:
 
-    python -m crossvit_keras.visualize features --model crossvit_15.keras cat.jpg --output features.png
-    python -m crossvit_keras.visualize attention --model crossvit_15.keras cat.jpg --output attention.png
-    python -m crossvit_keras.visualize attention --model crossvit_15_240 --checkpoint model.safetensors cat.jpg
+    crossvit-keras visualize features --model crossvit_15.keras cat.jpg --output features.png
+    crossvit-keras visualize attention --model crossvit_15.keras cat.jpg --output attention.png
+    crossvit-keras visualize attention --model crossvit_15_240 --checkpoint model.safetensors cat.jpg
 
 `features` draws the paper's Fig. 5: the patch-token features of both branches at the output of
 the last multi-scale encoder, 36 channels of each branch chosen at random (seeded), each as a map
@@ -18,10 +18,6 @@ again, the latter with `return_attention_scores=True`, on the tensors of the mod
 L > 1 cross-attention layers per fusion, the first is shown: like timm, the later ones attend
 to the previous layer's output alone.
 """
-
-import argparse
-import json
-import sys
 
 import numpy as np
 
@@ -101,25 +97,10 @@ def _stage_attention_class():
 # ----------------------------------------------------------------------------- loading
 
 
-def load_model(model, checkpoint=None, overrides=None, num_classes=1000):
-    """A .keras file, or a variant name with a released (timm / official) checkpoint."""
-    import crossvit_keras
-    from crossvit_keras import convert
-    from crossvit_keras.export import load_keras_model
-
-    if checkpoint is None:
-        if not model.endswith(".keras"):
-            raise ValueError(f"--model {model}: give a .keras file, or a variant name with --checkpoint FILE.")
-        return load_keras_model(model)
-    network = crossvit_keras.create_model(model, num_classes=num_classes, **(overrides or {}))
-    convert.load_weights(network, checkpoint)
-    return network
-
-
 def load_image(path, image_size):
     """(the model's input (1, size, size, 3), the same crop as RGB in [0, 1] for display)."""
-    from crossvit_keras.predict import load_image as transformed
-    from crossvit_keras.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from crossvit_keras.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from crossvit_keras.inference import load_image as transformed
 
     image = np.asarray(transformed(path, image_size))
     shown = np.clip(image * np.float32(IMAGENET_STD) + np.float32(IMAGENET_MEAN), 0.0, 1.0)
@@ -225,45 +206,3 @@ def plot_attention(model, images, shown, path):
 
 
 # ----------------------------------------------------------------------------- command line
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m crossvit_keras.visualize",
-        description="Draw a CrossViT's patch-token features (paper Fig. 5) or its cross-attention maps for an image.",
-    )
-    parser.add_argument("kind", choices=("features", "attention"), help="what to draw")
-    parser.add_argument("image", metavar="IMAGE", help="an image file (JPEG, PNG, GIF, BMP, WebP)")
-    parser.add_argument("--model", required=True, help="a .keras file, or a variant name with --checkpoint")
-    parser.add_argument("--checkpoint", help="a released timm / official checkpoint (.safetensors, .pth) for --model")
-    parser.add_argument(
-        "--model-overrides", type=json.loads, default=None, help="with --checkpoint: create_model overrides (JSON)"
-    )
-    parser.add_argument("--num-classes", type=int, default=1000, help="with --checkpoint: the checkpoint's classes")
-    parser.add_argument("--output", default=None, help="PNG to write (default: KIND.png)")
-    parser.add_argument("--channels", type=int, default=CHANNELS, help="features: channels per branch (36)")
-    parser.add_argument("--seed", type=int, default=0, help="features: seed of the channel choice")
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    output = args.output or f"{args.kind}.png"
-    try:
-        if args.channels < 1:
-            raise ValueError(f"--channels must be >= 1, got {args.channels}.")
-        model = load_model(args.model, args.checkpoint, args.model_overrides, args.num_classes)
-        images, shown = load_image(args.image, model.image_size)
-        if args.kind == "features":
-            plot_features(model, images, shown, output, args.channels, args.seed)
-        else:
-            plot_attention(model, images, shown, output)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -41,7 +40,8 @@ def measure(run_dir):
     import keras
 
     import crossvit_keras  # noqa: F401  (registers the layers for load_model)
-    from crossvit_keras import bench, training
+    from crossvit_keras import training
+    from crossvit_keras.ablations import count_macs
 
     with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as f:
         results = json.load(f)
@@ -49,7 +49,7 @@ def measure(run_dir):
     return {
         **{k: results[k] for k in ("top1", "top5", "top1_small_branch", "top1_large_branch")},
         "params": model.count_params(),
-        "gmacs": bench.count_macs(model.get_config()) / 1e9,
+        "gmacs": count_macs(model.get_config()) / 1e9,
         "fit_seconds": results["fit_seconds"],
     }
 
@@ -91,9 +91,9 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
 
-    from crossvit_keras import training
     from crossvit_keras.atomic import atomic_path
-    from crossvit_keras.callbacks import write_json
+    from crossvit_keras.cli import train
+    from crossvit_keras.training.callbacks import write_json
 
     start = time.perf_counter()
     data_path = args.data_path
@@ -111,7 +111,7 @@ def main(argv=None):
         command = ["--data-set", "IMNET", "--data-path", data_path, "--output_dir", run_dir, "--fusion", fusion]
         command += ["--model", "crossvit_tiny_240", "--batch-size", str(args.batch_size), "--no-saved-model"]
         command += training_flags(args.epochs) + ["--verbose", verbose] + extra
-        code = training.main(command)
+        code = train.main(command, prog="recipes/imagenet.py")
         if code:
             return code
         rows[fusion] = measure(run_dir)

@@ -5,16 +5,17 @@
     python recipes/imagenet.py --eval --model crossvit_15_240 --pretrained --data-path /data/imagenet
     python recipes/imagenet.py --pretrained --model crossvit_15_240 --data-set CIFAR10  # fine-tune from ImageNet
 
-All flags: `python recipes/imagenet.py --help`; the work is done by crossvit_keras.training.
+The same as `crossvit-keras train` (all flags: `python recipes/imagenet.py --help`); the work is
+done by crossvit_keras.training, from a TrainConfig the flags fill. Install the package first
+(`pip install -e .` in a checkout).
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from crossvit_keras import training  # noqa: E402
+from crossvit_keras.cli import train  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(training.main())
+    sys.exit(train.main(prog="recipes/imagenet.py"))

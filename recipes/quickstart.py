@@ -15,7 +15,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 IMAGE_SIZE = 48
@@ -68,7 +67,8 @@ def main(argv=None):
     parser.add_argument("--strategy", default="default", help="as recipes/imagenet.py's --strategy")
     args, extra = parser.parse_known_args(argv)  # anything else goes to recipes/imagenet.py's flags
 
-    from crossvit_keras import training
+    from crossvit_keras.cli import train
+    from crossvit_keras.training.run import FINAL_MODEL
 
     start = time.perf_counter()
     data_path = os.path.join(args.output_dir, "digits")
@@ -76,12 +76,12 @@ def main(argv=None):
     print(f"digits: {train_count} training and {val_count} validation images (48 x 48 RGB) in {data_path}")
     common = ["--data-set", "IMNET", "--data-path", data_path, "--output_dir", args.output_dir]
     common += ["--strategy", args.strategy, "--model", "crossvit_tiny_240", "--batch-size", str(args.batch_size)]
-    code = training.main(common + training_flags(args.epochs) + ["--verbose", "2"] + extra)
+    code = train.main(common + training_flags(args.epochs) + ["--verbose", "2"] + extra, prog="recipes/imagenet.py")
     if code:
         return code
-    model_path = os.path.join(args.output_dir, training.FINAL_MODEL)
+    model_path = os.path.join(args.output_dir, FINAL_MODEL)
     print(f"evaluating the saved model {model_path} again (--eval):")
-    code = training.main(common + ["--eval", "--resume", model_path, "--verbose", "0"] + extra)
+    code = train.main(common + ["--eval", "--resume", model_path, "--verbose", "0"] + extra, prog="recipes/imagenet.py")
     if code:
         return code
     import json

@@ -11,7 +11,7 @@ import pytest
 from helpers import REPO, assert_layer_roundtrip, random_inputs, tiny_model
 
 import crossvit_keras
-from crossvit_keras import ablations, bench, configs
+from crossvit_keras import ablations, configs
 from crossvit_keras.layers import FUSIONS, CrossAttentionFusion
 
 # crossvit_small_240 with each override, 1000 classes: model.count_params(), and the paper's count
@@ -54,13 +54,13 @@ def test_unknown_ablation():
 
 @pytest.mark.parametrize("name", ["A", "B", "C", "D", "E"])
 def test_gmacs_match_table_7(name):
-    gmacs = bench.count_macs(configs.resolve_config(ablations.BASE, **ablations.ABLATIONS[name])) / 1e9
+    gmacs = ablations.count_macs(configs.resolve_config(ablations.BASE, **ablations.ABLATIONS[name])) / 1e9
     assert abs(gmacs - ablations.PAPER_TABLE7[name][1]) <= ablations.GMACS_TOLERANCE
 
 
 @pytest.mark.parametrize("fusion", sorted(FUSIONS))
 def test_gmacs_match_table_6(fusion):
-    gmacs = bench.count_macs(configs.resolve_config(ablations.BASE, fusion=fusion)) / 1e9
+    gmacs = ablations.count_macs(configs.resolve_config(ablations.BASE, fusion=fusion)) / 1e9
     assert abs(gmacs - ablations.PAPER_TABLE6[fusion][1]) <= ablations.GMACS_TOLERANCE
 
 
@@ -80,7 +80,7 @@ TRACED_CASES = [
 def test_analytic_macs_equal_the_traced_graph(overrides):
     overrides = {**configs.TEST_OVERRIDES, **overrides}
     model = crossvit_keras.create_model("crossvit_tiny_240", num_classes=5, **overrides)
-    expected = bench.count_macs(configs.resolve_config("crossvit_tiny_240", num_classes=5, **overrides))
+    expected = ablations.count_macs(configs.resolve_config("crossvit_tiny_240", num_classes=5, **overrides))
     assert ablations.traced_macs(model) == expected
 
 
@@ -178,9 +178,10 @@ def _fusion_ablation():
 def test_fusion_ablation_recipe_writes_table_6(tmp_path, capsys):
     """One fusion (each costs a training run: ~30 s on the shared 2-core machine), one step on a tiny
     model; then --eval's JSON of it."""
-    from crossvit_keras import data, training
+    from crossvit_keras import data
+    from crossvit_keras.cli import train as recipe
 
-    images = data.make_benchmark_folder(str(tmp_path / "images"), num_images=16, size=(64, 48), classes=3)
+    images = data.make_sample_folder(str(tmp_path / "images"), num_images=16, size=(64, 48), classes=3)
     out = tmp_path / "out"
     argv = ["--output-dir", str(out), "--fusions", "class_token", "--epochs", "1", "--batch-size", "16"]
     assert _fusion_ablation().main([*argv, "--data-path", images, *TINY_RECIPE]) == 0
@@ -191,7 +192,7 @@ def test_fusion_ablation_recipe_writes_table_6(tmp_path, capsys):
     for fusion, row in summary["fusions"].items():
         model = keras.models.load_model(out / fusion / "model.keras", compile=False)
         assert row["params"] == model.count_params() and model.fusion == fusion
-        assert row["gmacs"] == bench.count_macs(model.get_config()) / 1e9
+        assert row["gmacs"] == ablations.count_macs(model.get_config()) / 1e9
         for key in ("top1", "top1_small_branch", "top1_large_branch"):
             assert 0 <= row[key] <= 1
         assert not (out / fusion / "saved_model").exists()  # --no-saved-model
@@ -203,7 +204,7 @@ def test_fusion_ablation_recipe_writes_table_6(tmp_path, capsys):
     assert names <= set(json.loads((out / "class_token" / "results.json").read_text()))
     model_path = str(out / "class_token" / "model.keras")
     evaluation = ["--eval", "--resume", model_path, "--data-path", images, "--output_dir", str(out / "eval")]
-    assert training.main([*evaluation, "--batch-size", "16", "--verbose", "0"]) == 0
+    assert recipe.main([*evaluation, "--batch-size", "16", "--verbose", "0"]) == 0
     result = json.loads((out / "eval" / "eval.json").read_text())
     assert names <= set(result) and result["top1"] == result["val_top1"]
 

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from crossvit_keras import augment
-from crossvit_keras.preprocessing import IMAGENET_MEAN, IMAGENET_STD, fixed_size_normalizer, normalize
+from crossvit_keras.data import augment
+from crossvit_keras.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, fixed_size_normalizer, normalize
 
 
 def encoded(shape=(60, 80, 3), fmt="JPEG", seed=0):

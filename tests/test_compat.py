@@ -1,4 +1,4 @@
-"""crossvit_keras.compat: the Keras bugs it mends are still there, and with the mends two
+"""crossvit_keras.training.compat: the Keras bugs it mends are still there, and with the mends two
 MultiWorkerMirroredStrategy workers on loopback train the recipe in sync."""
 
 import json
@@ -12,7 +12,7 @@ import numpy as np
 from helpers import REPO
 from test_training import ENV, RECIPE, TINY, make_folder, weights_h5
 
-from crossvit_keras import compat
+from crossvit_keras.training import compat
 
 # The Keras releases in which the two bugs were seen (and the mends checked).
 KNOWN_BROKEN = ("3.15.1",)
@@ -75,9 +75,9 @@ def test_two_workers_train_in_sync(tmp_path):
 
 
 def test_keras_still_compiles_the_cross_replica_step_with_xla():
-    """compat.MirroredXLA exists because Keras 3.15's trainer wraps `strategy.run` in
+    """compat.split_xla_steps exists because Keras 3.15's trainer wraps `strategy.run` in
     tf.function(jit_compile=True). When this fails, Keras compiles per replica itself: delete
-    MirroredXLA (and CrossViT's mixin) and this test."""
-    from crossvit_keras import compat
+    split_xla_steps (and its calls in the recipe's compile) and this test."""
+    from crossvit_keras.training import compat
 
     assert compat.mirrored_xla_bug()

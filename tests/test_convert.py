@@ -18,7 +18,7 @@ import pytest
 from helpers import REPO, run_python
 
 import crossvit_keras
-from crossvit_keras.convert import CheckpointError, config_from_timm, convert, load_checkpoint, load_weights
+from crossvit_keras.weights.convert import CheckpointError, config_from_timm, convert, load_checkpoint, load_weights
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 from fixture_weights import random_images, random_state_dict, shapes_from_json  # noqa: E402
@@ -91,7 +91,7 @@ def test_official_key_names_and_wrapped_state_dicts_load(tmp_path):
 
 
 def test_every_timm_key_of_every_variant_has_its_own_keras_weight():
-    from crossvit_keras.convert import keras_path
+    from crossvit_keras.weights.convert import keras_path
 
     for name, variant in TIMM.items():
         mapped = [keras_path(key) for key in variant["state_dict"]]
@@ -169,7 +169,7 @@ def test_command_line_writes_a_loadable_keras_file(tmp_path):
     checkpoint = save_safetensors(state_dict, tmp_path / "model.safetensors")
     output = tmp_path / "out" / "crossvit_9.keras"
     run_python(
-        "from crossvit_keras.convert import main; main()",
+        "from crossvit_keras.weights.convert import main; main()",
         "--model",
         "crossvit_9",
         "--checkpoint",

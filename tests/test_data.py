@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from crossvit_keras import augment, data
+from crossvit_keras import data
+from crossvit_keras.data import augment
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """3 classes x 4 JPEGs per split, plus one corrupt file in each split."""
     root = str(tmp_path_factory.mktemp("images"))
-    data.make_benchmark_folder(root, num_images=12, size=(64, 48), classes=3)
+    data.make_sample_folder(root, num_images=12, size=(64, 48), classes=3)
     with open(os.path.join(root, "train", "class_1", "corrupt.jpg"), "wb") as f:
         f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
     with open(os.path.join(root, "val", "class_2", "truncated.png"), "wb") as f:

@@ -22,10 +22,11 @@ from helpers import REPO, tiny_model
 from skimage import data
 
 import crossvit_keras
-from crossvit_keras import export
-from crossvit_keras.convert import config_from_timm, load_weights
-from crossvit_keras.export import export_saved_model
-from crossvit_keras.preprocessing import eval_transform
+from crossvit_keras.cli import export as export_cli
+from crossvit_keras.data.preprocessing import eval_transform
+from crossvit_keras.export import saved_model as export
+from crossvit_keras.export.saved_model import export_saved_model
+from crossvit_keras.weights.convert import config_from_timm, load_weights
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 from fixture_weights import random_state_dict, shapes_from_json  # noqa: E402
@@ -298,7 +299,7 @@ def test_export_command_mixed_precision_imagenet_names(tmp_path, capsys):
     model = tiny_model(num_classes=1000, dtype="mixed_float16")
     model.save(tmp_path / "tiny.keras")
     output = str(tmp_path / "models" / "tiny" / "1")
-    assert export.main(["--model", str(tmp_path / "tiny.keras"), "--output", output]) == 0
+    assert export_cli.main(["--model", str(tmp_path / "tiny.keras"), "--output", output]) == 0
     assert "ImageNet-1k class names" in capsys.readouterr().out
     image = data.coffee()
     out = tf.saved_model.load(output).signatures["serving_default"](images=tf.constant(image[None], tf.float32))
@@ -311,7 +312,7 @@ def test_export_command_mixed_precision_imagenet_names(tmp_path, capsys):
     assert [n.decode() for n in out["top_k_names"].numpy()[0]] == [names[i] for i in indices]
 
     with pytest.raises(SystemExit) as exit_info:
-        export.main(["--model", str(tmp_path / "tiny.keras"), "--output", output])
+        export_cli.main(["--model", str(tmp_path / "tiny.keras"), "--output", output])
     assert exit_info.value.code == 2
     assert "exists; export to a new version directory" in capsys.readouterr().err
 
@@ -357,7 +358,8 @@ def test_max_pixels_is_set_at_export(tmp_path, capsys):
     model = small_classifier()
     model.save(tmp_path / "small.keras")
     output = tmp_path / "models" / "small" / "1"
-    assert export.main(["--model", str(tmp_path / "small.keras"), "--output", str(output), "--max-pixels", "1000"]) == 0
+    argv = ["--model", str(tmp_path / "small.keras"), "--output", str(output), "--max-pixels", "1000"]
+    assert export_cli.main(argv) == 0
     serve_bytes = tf.saved_model.load(str(output)).signatures["serving_bytes"]
     serve_bytes(image_bytes=tf.constant([png(np.zeros((25, 40, 3), np.uint8))]))  # 1000 pixels
     for fmt in ("JPEG", "PNG", "GIF", "BMP", "WEBP"):

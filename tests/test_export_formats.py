@@ -11,10 +11,11 @@ import pytest
 import skimage.data
 from test_convert import assert_parity, golden, keras_model_for, save_safetensors
 
-from crossvit_keras import export, export_formats
 from crossvit_keras.atomic import save_model
-from crossvit_keras.convert import load_weights
-from crossvit_keras.preprocessing import eval_transform
+from crossvit_keras.cli import export as export_cli
+from crossvit_keras.data.preprocessing import eval_transform
+from crossvit_keras.export import formats as export_formats
+from crossvit_keras.weights.convert import load_weights
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def converted(tmp_path_factory):
 
 
 def run_export(keras_file, fmt, output, *options):
-    assert export.main(["--model", keras_file, "--format", fmt, "--output", str(output), *options]) == 0
+    assert export_cli.main(["--model", keras_file, "--format", fmt, "--output", str(output), *options]) == 0
     assert not [f for f in os.listdir(output.parent) if f.startswith(".")]  # no temporary left
     return export_formats.load_runtime(output)
 
@@ -79,7 +80,7 @@ def test_bad_options_are_one_line_errors_and_write_nothing(converted, tmp_path, 
         (["--quantize", "int8", "--output", str(tmp_path / "saved")], "not saved_model"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
-            export.main(["--model", keras_file, *args])
+            export_cli.main(["--model", keras_file, *args])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
     assert os.listdir(tmp_path) == ["taken.onnx"]
@@ -91,7 +92,7 @@ def test_a_missing_package_names_the_install_command(tmp_path, monkeypatch, caps
         importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a)
     )
     with pytest.raises(SystemExit) as exit_info:
-        export.main(["--model", "m.keras", "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
+        export_cli.main(["--model", "m.keras", "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
     assert exit_info.value.code == 2
     assert (
         capsys.readouterr().err == "error: the onnx format needs onnxruntime: pip install -r requirements-deploy.txt\n"

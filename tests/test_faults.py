@@ -1,4 +1,4 @@
-"""Faults and bad input (issue 15, items 3 and 5): the recipe keeps its last two checkpoints, resumes
+"""Faults and bad input: the recipe keeps its last two checkpoints, resumes
 past a damaged one at the right epoch and optimizer step, refuses a resume of another model,
 dataset or batch size, and a full or unwritable output directory, in one line each; the convert and
 predict commands refuse bad files (empty, truncated, another model's, a directory, a pickle with
@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 from test_training import TINY, make_folder, weights_h5
 
-from crossvit_keras import callbacks, data, training
+from crossvit_keras import data
+from crossvit_keras.cli import train as recipe_cli
+from crossvit_keras.training import callbacks
+from crossvit_keras.training import run as training_run
 
 # 8 training images, batches of 4: 2 steps per epoch; no augmentation, to keep it fast.
 FAST = ["--batch-size", "4", "--warmup-epochs", "0", "--aa", "none", "--mixup", "0", "--cutmix", "0", "--verbose", "2"]
@@ -25,9 +28,9 @@ FAST = ["--batch-size", "4", "--warmup-epochs", "0", "--aa", "none", "--mixup", 
 
 def recipe(out, images, *flags):
     """The recipe in this process, without its SavedModel export (tests/test_export.py has it)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "export_savedmodel", lambda *args: False)
-        return training.main(["--data-path", str(images), "--output_dir", str(out), *TINY, *FAST, *flags])
+    return recipe_cli.main(
+        ["--data-path", str(images), "--output_dir", str(out), "--no-saved-model", *TINY, *FAST, *flags]
+    )
 
 
 def iterations(path):
@@ -114,7 +117,7 @@ def test_resuming_another_model_dataset_or_batch_size_is_refused(two_epochs, tmp
     out = tmp_path / "run"
     shutil.copytree(source, out)
     if classes != 3:
-        images = data.make_benchmark_folder(str(tmp_path / "images"), num_images=8, size=(64, 48), classes=classes)
+        images = data.make_sample_folder(str(tmp_path / "images"), num_images=8, size=(64, 48), classes=classes)
     error = one_error(capsys, recipe(out, images, "--epochs", "3", *flags))
     assert change in error and "config.json" in error, error
     assert iterations(out / callbacks.CHECKPOINT) == 4
@@ -158,8 +161,8 @@ def test_a_failure_while_training_or_writing_is_one_line_and_exit_status_1(failu
 
             return fail
 
-    monkeypatch.setattr(training, "Run", Run)
-    error = one_error(capsys, training.main([]), expected=1)
+    monkeypatch.setattr(training_run, "Run", Run)
+    error = one_error(capsys, recipe_cli.main([]), expected=1)
     assert "No space left on device" in error, error
 
 
@@ -232,7 +235,7 @@ EXPECTED_CONVERT = {
 
 
 def test_convert_refuses_bad_files_in_one_line_and_writes_nothing(tmp_path, capsys):
-    from crossvit_keras import convert
+    from crossvit_keras.cli import convert
 
     files = bad_checkpoints(tmp_path / "bad")
     assert sorted(files) == sorted(EXPECTED_CONVERT)
@@ -265,7 +268,7 @@ def test_predict_refuses_bad_model_files_and_reports_bad_images_in_one_line_each
     from helpers import tiny_model
     from skimage import data as samples
 
-    from crossvit_keras import predict
+    from crossvit_keras.cli import predict
 
     tiny_model(num_classes=3).save(tmp_path / "model.keras")
     model = (tmp_path / "model.keras").read_bytes()

@@ -117,7 +117,7 @@ def test_mixed_precision(fusion):
 # loss and keeps the mirrored weights in sync.
 FRESH_PROCESS = """
 import sys
-from crossvit_keras.distribute import configure_cpu_devices
+from crossvit_keras.training.distribute import configure_cpu_devices
 configure_cpu_devices(2)
 import keras, numpy as np, tensorflow as tf, crossvit_keras
 from crossvit_keras.layers import FUSIONS
@@ -180,8 +180,8 @@ def test_layers_are_exported():
 
 
 def test_recipe_fusion_flag_offers_every_fusion():
-    from crossvit_keras import training
+    from crossvit_keras.cli import train as recipe
 
-    parser = training.build_parser()
+    parser = recipe.build_parser()
     assert [parser.parse_args(["--fusion", f]).fusion for f in FUSIONS] == list(FUSIONS)
     assert [a for a in parser._actions if a.dest == "fusion"][0].choices == tuple(FUSIONS)

@@ -30,8 +30,10 @@ from helpers import REPO
 from test_convert import assert_parity, golden, save_safetensors
 
 import crossvit_keras
-from crossvit_keras import data, hub, training
-from crossvit_keras.convert import config_from_timm
+from crossvit_keras import data, training
+from crossvit_keras.cli import train as recipe
+from crossvit_keras.weights import hub
+from crossvit_keras.weights.convert import config_from_timm
 
 COMMIT = "1" * 40
 HUB_ID = "timm/crossvit_tiny_240.in1k"
@@ -80,11 +82,11 @@ def offline(tmp_path, monkeypatch):
 
 @pytest.fixture
 def hub_log():
-    """The lines crossvit_keras.hub logs (caught here whether or not the package's handler is set up)."""
+    """The lines crossvit_keras.weights.hub logs (caught here whether or not the package's handler is set up)."""
     lines = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
-    hub_logger = logging.getLogger("crossvit_keras.hub")
+    hub_logger = logging.getLogger("crossvit_keras.weights.hub")
     hub_logger.addHandler(handler)
     level = hub_logger.level
     hub_logger.setLevel(logging.INFO)
@@ -160,10 +162,10 @@ def test_pretrained_with_other_classes_and_size_resizes_and_keeps_fresh_heads(of
     lay_out_cache(offline, state_dict)
     # the recipe's --pretrained: a new head for the dataset's 3 classes, position embeddings for 96 px
     overrides = {**architecture(config), "image_sizes": [96, 64]}
-    args = training.build_parser().parse_args(
+    args = recipe.build_parser().parse_args(
         ["--pretrained", "--model", "crossvit_tiny_240", "--model-overrides", json.dumps(overrides)]
     )
-    model = training.build_model(args, num_classes=3)
+    model = training.training_model(recipe.config_from_args(args), num_classes=3)
     assert model.output_shape == (None, 3) and model.image_size == 96
     assert sum("position embedding resized" in line for line in hub_log) == 2
     assert any("heads not loaded: the checkpoint has 7 classes, the model 3" in line for line in hub_log)
@@ -197,7 +199,7 @@ def test_offline_with_an_empty_cache_is_one_clear_error_and_writes_nothing(offli
     # The convert command: one `error:` line, exit code 1, no output file.
     output = tmp_path / "out" / "crossvit_15.keras"
     with pytest.raises(SystemExit) as exit_code:
-        from crossvit_keras.convert import main
+        from crossvit_keras.cli.convert import main
 
         main(["--model", "crossvit_15_240", "--output", str(output)])
     assert exit_code.value.code == 1
@@ -246,7 +248,7 @@ def test_convert_command_without_checkpoint_downloads(tmp_path, reduced):
 def test_recipe_eval_pretrained_evaluates_the_hub_weights(offline, reduced, tmp_path, capsys):
     fixture, state_dict, images, config = reduced
     lay_out_cache(offline, state_dict)
-    folder = data.make_benchmark_folder(str(tmp_path / "images"), num_images=7, size=(64, 48), classes=7)
+    folder = data.make_sample_folder(str(tmp_path / "images"), num_images=7, size=(64, 48), classes=7)
     args = [
         "--eval",
         "--pretrained",
@@ -256,7 +258,7 @@ def test_recipe_eval_pretrained_evaluates_the_hub_weights(offline, reduced, tmp_
         json.dumps(architecture(config)),
     ]
     args += ["--data-path", folder, "--batch-size", "4", "--verbose", "0", "--output_dir", str(tmp_path / "run")]
-    assert training.main(args) == 0
+    assert recipe.main(args) == 0
     out = capsys.readouterr().out
     assert "converting " in out and "top-1" in out
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
@@ -289,16 +291,13 @@ class _Terminal:
 
 
 def test_progress_bars_on_a_terminal_plain_lines_otherwise(monkeypatch):
-    args = training.build_parser().parse_args([])
-    training.check_args(args)
-    assert args.verbose == 2  # pytest's captured stdout is not a terminal
+    def resolved(argv):
+        return recipe.config_from_args(recipe.build_parser().parse_args(argv)).checked().verbose
+
+    assert resolved([]) == 2  # pytest's captured stdout is not a terminal
     monkeypatch.setattr(sys, "stdout", _Terminal())
-    args = training.build_parser().parse_args([])
-    training.check_args(args)
-    assert args.verbose == 1
-    args = training.build_parser().parse_args(["--verbose", "0"])
-    training.check_args(args)
-    assert args.verbose == 0
+    assert resolved([]) == 1
+    assert resolved(["--verbose", "0"]) == 0
 
 
 def test_a_modified_variant_is_named_as_what_it_is(monkeypatch):

@@ -12,7 +12,7 @@ from helpers import REPO
 from PIL import Image
 from skimage import data
 
-from crossvit_keras import image_header
+from crossvit_keras.data import image_header
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 from serving_load_test import encode, png_bomb  # noqa: E402
@@ -97,7 +97,7 @@ def test_importing_the_package_does_not_start_tensorflow():
     from helpers import run_python
 
     out = run_python(
-        "import crossvit_keras, crossvit_keras.training, crossvit_keras.visualize\n"
+        "import crossvit_keras, crossvit_keras.training.run, crossvit_keras.visualize\n"
         "from tensorflow.python.eager import context\n"
         "print(context.context()._context_handle is None)"
     )

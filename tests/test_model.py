@@ -11,7 +11,7 @@ import crossvit_keras
 from crossvit_keras import configs
 from crossvit_keras.model import drop_path_schedule
 
-# timm 1.0.31, sum(p.numel()) with 1000 classes (../shared/reference/crossvit-reference.md).
+# timm 1.0.31, sum(p.numel()) with 1000 classes (tests/fixtures/timm_reference.json).
 TIMM_PARAMS = {
     "crossvit_tiny_240": 7_014_800,
     "crossvit_small_240": 26_856_272,

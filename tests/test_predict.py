@@ -10,8 +10,9 @@ import tensorflow as tf
 from helpers import tiny_model
 from skimage import data
 
-from crossvit_keras import export, predict
-from crossvit_keras.preprocessing import eval_transform
+from crossvit_keras.cli import predict
+from crossvit_keras.data.preprocessing import eval_transform
+from crossvit_keras.export import saved_model as export
 
 NAMES = ["ant", "bee", "cat", "dog", "eel", "fox"]
 LINE = re.compile(r"^\s+(\d)\. (\d\.\d{4})\s+(\d+)(?:  (.*))?$")

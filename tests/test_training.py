@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 from helpers import REPO, run_python, tiny_model
 
-from crossvit_keras import callbacks, data, training
-from crossvit_keras.schedules import WarmupCosine
+from crossvit_keras import data, training
+from crossvit_keras.cli import train as recipe
+from crossvit_keras.training import callbacks
+from crossvit_keras.training.schedules import WarmupCosine
 
 RECIPE = os.path.join(REPO, "recipes", "imagenet.py")
 # A one-stage tiny CrossViT (fast to trace) with both branches and the fusion.
@@ -40,7 +42,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO}
 
 
 def make_folder(root, images=16):
-    return data.make_benchmark_folder(str(root), num_images=images, size=(64, 48), classes=3)
+    return data.make_sample_folder(str(root), num_images=images, size=(64, 48), classes=3)
 
 
 # ----------------------------------------------------------------------------- schedule, optimizer
@@ -93,7 +95,7 @@ def test_fused_adamw_is_keras_adamw():
     through Keras serialisation."""
     import tensorflow as tf
 
-    from crossvit_keras.optimizers import AdamW
+    from crossvit_keras.training.optimizers import AdamW
 
     rng = np.random.default_rng(0)
     start = [rng.standard_normal(s).astype("float32") for s in ((7, 5), (5,), (3, 2, 4))]
@@ -131,7 +133,7 @@ def test_finetune_from_keras_file_keeps_weights_and_makes_a_new_head(tmp_path):
     source = tiny_model(num_classes=5)
     path = str(tmp_path / "source.keras")
     source.save(path)
-    args = training.build_parser().parse_args(["--finetune", path, "--input-size", "96", "--drop-path", "0.2"])
+    args = recipe.build_parser().parse_args(["--finetune", path, "--input-size", "96", "--drop-path", "0.2"])
     model = training.build_model(args, num_classes=3)
     assert model.output_shape == (None, 3) and model.image_size == 96 and model.drop_path_rate == 0.2
     old = {w.path: w.numpy() for w in source.weights}
@@ -157,7 +159,7 @@ def test_nan_loss_stops_training_with_a_clear_message(tmp_path):
 
 
 def bad_input(tmp_path, capsys, *flags):
-    code = training.main(["--output_dir", str(tmp_path / "out"), *TINY, *flags])
+    code = recipe.main(["--output_dir", str(tmp_path / "out"), *TINY, *flags])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and error[0].startswith("error: "), error
     assert not os.path.exists(tmp_path / "out" / training.CHECKPOINT)
@@ -278,7 +280,7 @@ def test_quickstart_learns_digits(tmp_path):
 
 
 def test_parser_defaults_are_the_papers():
-    args = training.build_parser().parse_args([])
+    args = recipe.build_parser().parse_args([])
     assert (args.model, args.epochs, args.lr, args.weight_decay, args.warmup_epochs) == (
         "crossvit_15_240",
         300,

@@ -13,6 +13,7 @@ from PIL import Image
 
 import crossvit_keras
 from crossvit_keras import visualize
+from crossvit_keras.cli import visualize as visualize_cli
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 from fixture_weights import random_state_dict, shapes_from_json  # noqa: E402
@@ -45,7 +46,7 @@ def assert_png(path, min_size=(400, 200)):
 @pytest.mark.parametrize("kind", ["features", "attention"])
 def test_command_draws_a_png_from_a_keras_file(kind, photo, keras_file, tmp_path, capsys):
     output = tmp_path / f"{kind}.png"
-    assert visualize.main([kind, "--model", keras_file, photo, "--output", str(output)]) == 0
+    assert visualize_cli.main([kind, "--model", keras_file, photo, "--output", str(output)]) == 0
     assert f"wrote {output}" in capsys.readouterr().out
     assert_png(output)
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # written atomically
@@ -61,7 +62,7 @@ def test_command_draws_from_a_converted_checkpoint(photo, tmp_path):
     overrides = json.dumps(crossvit_keras.configs.TEST_OVERRIDES)
     output = tmp_path / "attention.png"
     argv = ["attention", photo, "--model", "crossvit_tiny_240", "--checkpoint", str(checkpoint), "--num-classes", "7"]
-    assert visualize.main([*argv, "--model-overrides", overrides, "--output", str(output)]) == 0
+    assert visualize_cli.main([*argv, "--model-overrides", overrides, "--output", str(output)]) == 0
     assert_png(output)
 
 
@@ -88,7 +89,7 @@ def test_bad_input_is_one_line(photo, keras_file, tmp_path, capsys):
         (["features", "--model", "crossvit_9_240", photo], "--checkpoint"),
         (["attention", "--model", str(tmp_path / "none.keras"), photo], "not found"),
     ):
-        assert visualize.main([*argv, "--output", str(tmp_path / "x.png")]) == 2
+        assert visualize_cli.main([*argv, "--output", str(tmp_path / "x.png")]) == 2
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], error
     assert not os.path.exists(tmp_path / "x.png")

@@ -1,4 +1,4 @@
-"""XLA under MirroredStrategy over two logical CPUs (crossvit_keras.compat.MirroredXLA): the same
+"""XLA under MirroredStrategy over two logical CPUs (crossvit_keras.training.compat.MirroredXLA): the same
 seeded run with and without XLA gives the same per-step losses; the recipe with --jit-compile on
 trains, is killed and resumes, and its SavedModel has no XLA ops."""
 
@@ -17,7 +17,8 @@ XLA_ENV = {**ENV, "TF_CPP_MIN_LOG_LEVEL": "0"}
 SAME_RUN = r"""
 import json, sys
 import crossvit_keras
-from crossvit_keras import distribute, training
+from crossvit_keras import training
+from crossvit_keras.training import distribute
 distribute.configure_cpu_devices(2)
 import keras, numpy as np, tensorflow as tf
 sys.path.insert(0, "tests")
@@ -76,7 +77,7 @@ def test_same_losses_with_and_without_xla_under_mirrored(policy, atol):
 def test_jit_auto_is_on_for_gpu_replicas_only():
     import argparse
 
-    from crossvit_keras import distribute
+    from crossvit_keras.training import distribute
 
     class Extended:
         def __init__(self, devices):

@@ -1,4 +1,4 @@
-"""Exactness and quantization of the ONNX, OpenVINO and LiteRT exports (crossvit_keras.export_formats).
+"""Exactness and quantization of the ONNX, OpenVINO and LiteRT exports (crossvit_keras.export.formats).
 
     python tools/deploy_check.py --variant crossvit_15_240            # float32, random weights, photographs
     python tools/deploy_check.py --model runs/quickstart/model.keras --data runs/quickstart/digits/val
@@ -11,19 +11,16 @@ export and quantization, top-1 agreement with the Keras model and top-1 accuracy
 import argparse
 import glob
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import crossvit_keras  # noqa: E402
-from crossvit_keras import export_formats  # noqa: E402
-from crossvit_keras.export import load_keras_model  # noqa: E402
-from crossvit_keras.preprocessing import eval_transform  # noqa: E402
+from crossvit_keras.data.preprocessing import eval_transform  # noqa: E402
+from crossvit_keras.export import formats as export_formats  # noqa: E402
 
 VARIANTS = [(fmt, q) for fmt in export_formats.FORMATS for q in export_formats.SUPPORTED[fmt]]
 
@@ -53,7 +50,7 @@ def main():
     parser.add_argument("--model", help="a trained .keras model")
     parser.add_argument("--data", help="its held-out class-folder directory")
     args = parser.parse_args()
-    model = crossvit_keras.create_model(args.variant) if args.variant else load_keras_model(args.model)
+    model = crossvit_keras.create_model(args.variant) if args.variant else crossvit_keras.load_model(args.model)
     size = model.image_size
     if args.variant:
         images, labels, variants = photographs(size), None, [(fmt, "none") for fmt in export_formats.FORMATS]

@@ -8,7 +8,7 @@ Runs TensorFlow's profiler over one step after a warm-up and sums the kernel tim
 (or group of ops: matmuls, LayerNorm, GELU, attention, optimizer) on TensorFlow's compute threads.
 `--inter-op-threads 1` (the default) runs one op at a time, so that the times add up to the step,
 as torch's profiler reports timm's. A development tool: it is not a test and not a benchmark (see
-`python -m crossvit_keras.bench` for speeds).
+`python benchmarks/speed.py` for speeds).
 """
 
 import argparse
@@ -75,18 +75,18 @@ def main(argv=None):
     import tensorflow as tf
 
     import crossvit_keras
-    from crossvit_keras import bench
+    from benchmarks import common  # benchmarks/common.py: the speed benchmark's recipe and inputs
 
     tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     batch = args.batch_size or (32 if args.task == "predict" else 16)
     train = args.task == "fit"
     model = crossvit_keras.create_model(
-        args.model, dtype=args.dtype, **({"drop_path_rate": bench.RECIPE["drop_path_rate"]} if train else {})
+        args.model, dtype=args.dtype, **({"drop_path_rate": common.RECIPE["drop_path_rate"]} if train else {})
     )
-    images = bench.random_images(np, batch, model.image_size)
+    images = common.random_images(np, batch, model.image_size)
     if train:
-        bench.compile_for_training(model, jit_compile=False)
-        labels = bench.one_hot_labels(np, batch, model.num_classes)
+        common.compile_for_training(model, jit_compile=False)
+        labels = common.one_hot_labels(np, batch, model.num_classes)
 
         def step():
             model.train_on_batch(images, labels)

@@ -26,8 +26,6 @@ import zlib
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def png_bomb(width=20000, height=20000):
     """A valid 1-bit grayscale PNG of width x height black pixels, written directly (about 50 kB for
@@ -173,7 +171,7 @@ def run(saved_model, threads=4, requests=100, seconds=60.0, seed=0, log=print):
 def tiny_saved_model(directory):
     """A small CrossViT (random weights) exported to DIRECTORY/1."""
     import crossvit_keras
-    from crossvit_keras.export import export_saved_model
+    from crossvit_keras.export.saved_model import export_saved_model
 
     model = crossvit_keras.create_model("crossvit_tiny_240", num_classes=10, **crossvit_keras.configs.TEST_OVERRIDES)
     return export_saved_model(model, os.path.join(directory, "1"))

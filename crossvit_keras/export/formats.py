@@ -1,9 +1,9 @@
 """Export a .keras classifier to ONNX, OpenVINO IR or LiteRT (TFLite), and run the exported files.
 
-    python -m crossvit_keras.export --model m.keras --format onnx --output m.onnx [--quantize int8]
+    crossvit-keras export --model m.keras --format onnx --output m.onnx [--quantize int8]
 
 Each file takes the model's own input, float32 [batch, size, size, 3] RGB normalised with the
-ImageNet mean and std (crossvit_keras.preprocessing.eval_transform makes it from 0-255 pixels), and
+ImageNet mean and std (crossvit_keras.data.preprocessing.eval_transform makes it from 0-255 pixels), and
 returns the float32 logits [batch, classes], as model.predict does. The batch size is dynamic in
 all three. Keras' model.export converts (tf2onnx for ONNX, openvino.convert_model, the TFLite
 converter); this module picks the options, quantizes and writes atomically (a temporary sibling

@@ -13,7 +13,7 @@ import re
 
 import tensorflow as tf
 
-from crossvit_keras.preprocessing import fixed_size_normalizer
+from crossvit_keras.data.preprocessing import fixed_size_normalizer
 
 # timm's RandomResizedCropAndInterpolation and RandomErasing try this many random boxes.
 ATTEMPTS = 10

@@ -12,7 +12,7 @@ import time
 from crossvit_keras import configs
 from crossvit_keras.atomic import atomic_path
 
-logger = logging.getLogger("crossvit_keras.training")
+logger = logging.getLogger("crossvit_keras.training.run")
 
 CHECKPOINT = "checkpoint.keras"
 PREVIOUS = "checkpoint-previous.keras"
@@ -40,7 +40,7 @@ def optimizer_step(model):
 def callback_classes():
     import keras
 
-    from crossvit_keras.data import UNREADABLE
+    from crossvit_keras.data.pipeline import UNREADABLE
 
     class EpochCheckpoint(keras.callbacks.Callback):
         """After every epoch the whole model and its optimizer go to DIR/checkpoint.keras, the one

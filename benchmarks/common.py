@@ -1,27 +1,12 @@
-"""Speed and memory of a CrossViT variant, optionally side by side with timm's (PyTorch) model.
+"""What the benchmark scripts of this folder share (not a benchmark itself): the training recipe,
+random inputs, the CPU-time and peak-memory probes, the worker processes and their protocol, the
+Keras and timm runners of one case, the alternating rounds of `measure_case`, the flags and the
+report printer.
 
-    python -m crossvit_keras.bench --model crossvit_15_240 --batch-size 32 --train-batch-size 16
-    python -m crossvit_keras.bench --model crossvit_15_240 --reference   # + timm, alternating
-    python -m crossvit_keras.bench --macs                                 # params and GMACs of all variants
-    python -m crossvit_keras.bench --fusion-scaling   # one fusion's time and memory, 240..960 px (fusion_scaling.py)
-    python -m crossvit_keras.bench --gpu              # multi-GPU training and inference img/s (bench_gpu.py)
-
-For every case (task x dtype x XLA) one worker process builds the model, warms it up and then
-times rounds of `--steps` batches; with `--reference` a second worker runs timm's same variant in
-the PyTorch reference interpreter (`--reference-python`) and the two take turns, round by round
-(ABBA order), so that load from other processes hits both alike. Reported: median img/s over the
-rounds, the median of the per-round ratios Keras / timm, and the peak resident memory (VmHWM) of
-each worker process, which includes its framework's runtime.
-
-Tasks: `predict` (model.predict on random normalised images), `savedmodel` (the serving_default
-signature of crossvit_keras.export.export_saved_model, which also runs the evaluation transform on
-RGB input), `fit` (model.fit with the training recipe: AdamW lr 5e-4, weight decay 0.05,
-soft-target cross-entropy on one-hot labels, drop path 0.1). timm's side: eval forward under
-torch.inference_mode for predict and savedmodel, a train step with torch.optim.AdamW and
-timm's SoftTargetCrossEntropy for fit; mixed_bfloat16 there is torch.autocast(bfloat16).
-
-This file imports only the standard library at module level: the timm worker runs it as a script
-(`python -P bench.py --worker timm SPEC`) in an environment without TensorFlow.
+The scripts import it plainly (`import common`: Python puts a script's folder on sys.path). It
+imports only the standard library at module level: the timm workers run the scripts with the
+reference interpreter (`--reference-python`, torch and timm, no TensorFlow), and the package is
+imported only inside the functions that run on the Keras side.
 """
 
 import argparse
@@ -33,51 +18,27 @@ import sys
 import tempfile
 import time
 
-DEPLOY_TASKS = tuple("onnx onnx_int8 openvino openvino_fp16 litert litert_fp16 litert_int8 timm timm_onnx".split())
-TASKS = ("predict", "savedmodel", "fit", *DEPLOY_TASKS)  # any of DEPLOY_TASKS: crossvit_keras/bench_deploy.py
-DTYPES = ("float32", "mixed_bfloat16")
-XLA_MODES = ("default", "off", "on")  # default: what model.compile() picks (Keras: off on CPU-only hosts)
 RECIPE = {"learning_rate": 5e-4, "weight_decay": 0.05, "drop_path_rate": 0.1}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # crossvit_keras.preprocessing's (not importable in the timm worker)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # crossvit_keras.data.preprocessing's (not importable in the timm worker)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_REFERENCE_PYTHON = os.path.join("~", ".cache", "crossvit-reference", "bin", "python")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # put on the Keras workers' PYTHONPATH
 
 
 # ---------------------------------------------------------------------------------------------
-# Model arithmetic: multiply-accumulates per image, counted like timm's table (matmuls and convs;
-# not the norms, activations, softmax or the 4-tap bicubic resize).
-
-
-def count_macs(config):
-    """Multiply-accumulates of one forward pass of one image, from `configs.resolve_config`."""
-    from crossvit_keras.ablations import fusion_macs  # the fusions of Table 6 (V: cross-attention)
-    from crossvit_keras.layers.embedding import MULTI_CONV_STEMS
-
-    tokens, macs = [], 0
-    for size, patch, dim in zip(config["image_sizes"], config["patch_sizes"], config["embed_dims"], strict=True):
-        stem = MULTI_CONV_STEMS[patch] if config["multi_conv"] else ((patch, patch, 0, 1),)
-        channels = 3
-        for kernel, stride, pad, width in stem:
-            size = (size + 2 * pad - kernel) // stride + 1
-            macs += size * size * kernel * kernel * channels * (dim // width)
-            channels = dim // width
-        tokens.append(int(config.get("cls_token", True)) + size * size)
-    dims = config["embed_dims"]
-    for depth in config["depths"]:
-        for b in range(2):  # N transformer blocks in the small branch, M in the large one
-            t, d, hidden = tokens[b], dims[b], int(dims[b] * config["mlp_ratios"][b])
-            macs += depth[b] * (4 * t * d * d + 2 * t * d * hidden + 2 * t * t * d)  # qkv+proj, MLP, attention
-    return macs + fusion_macs(config, tokens) + sum(dims) * config["num_classes"]
+# Model arithmetic (crossvit_keras.ablations.count_macs counts the multiply-accumulates).
 
 
 def macs_table(names):
     """Markdown rows: params and GMACs per variant against timm's (each must agree within 1%)."""
-    from crossvit_keras import configs, create_model
+    import crossvit_keras
+    from crossvit_keras import configs
+    from crossvit_keras.ablations import count_macs
 
     rows, ok = [], True
     for name in names:
         config = configs.resolve_config(name)
-        params = create_model(name).count_params()
+        params = crossvit_keras.create_model(name).count_params()
         gmacs = count_macs(config) / 1e9
         timm_params, timm_gmacs = configs.TIMM_FIGURES[name]
         agree = abs(params / timm_params - 1) <= 0.01 and abs(gmacs / timm_gmacs - 1) <= 0.01
@@ -126,7 +87,7 @@ def one_hot_labels(np, batch, classes=1000):
 
 
 class KerasRunner:
-    """The Keras side of one case; `run()` times `steps` batches and returns seconds.
+    """The Keras side of one case of speed.py; `run()` times `steps` batches and returns seconds.
 
     predict and fit are timed from the callbacks' on_*_begin to on_*_end, the loop over the
     batches: with TensorFlow 2.21 the end of a predict/fit call on NumPy data also waits for
@@ -163,7 +124,7 @@ class KerasRunner:
             images = random_images(np, batch * steps, size)
             self._run = lambda: model.predict(images, batch_size=batch, verbose=0, callbacks=[Clock()])
         elif task == "savedmodel":
-            from crossvit_keras.export import export_saved_model
+            from crossvit_keras.export.saved_model import export_saved_model
 
             self._scratch = tempfile.TemporaryDirectory(prefix="crossvit-bench-")
             serve = tf.saved_model.load(export_saved_model(model, os.path.join(self._scratch.name, "1")))
@@ -207,13 +168,13 @@ def clock_callback(keras, marks):
 
 
 def compile_for_training(model, jit_compile="auto"):
-    """The training application's recipe (crossvit_keras.training: AdamW without weight decay on
+    """The training application's recipe (crossvit_keras.training.run: AdamW without weight decay on
     biases, norms, CLS tokens and position embeddings; soft-target cross-entropy; top-1/top-5
     metrics) at the base learning rate."""
-    from crossvit_keras import training
+    from crossvit_keras.training.run import build_optimizer, compile_model
 
-    optimizer = training.build_optimizer(model, "adamw", RECIPE["learning_rate"], RECIPE["weight_decay"])
-    training.compile_model(model, optimizer, model.num_classes, jit_compile, steps_per_execution=1)
+    optimizer = build_optimizer(model, "adamw", RECIPE["learning_rate"], RECIPE["weight_decay"])
+    compile_model(model, optimizer, model.num_classes, jit_compile, steps_per_execution=1)
 
 
 class TimmRunner:
@@ -292,27 +253,32 @@ def worker_main(kind, spec, runners=None):
         raise
 
 
-class Worker:
-    """A worker process seen from the parent."""
+def script_command(python, script, *args):
+    """The command line that runs one of this folder's scripts by its path with `python`. The
+    script's folder comes first on the child's sys.path (so `import common` works there too)."""
+    return [python, os.path.abspath(script), *map(str, args)]
 
-    def __init__(self, kind, spec, python, env=None, module="bench"):
-        """`module`: the file of this package whose `--worker KIND SPEC` entry runs the worker."""
+
+def keras_env(env=None):
+    """The environment of a Keras worker: the repository on PYTHONPATH, TensorFlow's C++ logs quiet."""
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+
+
+class Worker:
+    """A worker process seen from the parent: `python SCRIPT --worker KIND SPEC`, where SCRIPT's
+    `__main__` passes the two to `worker_main` (with its runners)."""
+
+    def __init__(self, kind, spec, python, script, env=None):
         self.kind = kind
         self.log = tempfile.TemporaryFile(mode="w+")
-        if kind.startswith("keras"):
-            package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            argv = [python, "-m", f"crossvit_keras.{module}"]
-            path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-            env = {"PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-        else:  # -P: no script directory on sys.path, so crossvit_keras' modules shadow nothing
-            argv = [python, "-P", os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{module}.py")]
         self.proc = subprocess.Popen(
-            [*argv, "--worker", kind, json.dumps(spec)],
+            script_command(python, script, "--worker", kind, json.dumps(spec)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
-            env={**os.environ, **(env or {})},
+            env=keras_env(env) if kind.startswith("keras") else {**os.environ, **(env or {})},
         )
         self.info = None
 
@@ -346,8 +312,16 @@ class Worker:
                 self.proc.wait()
 
 
+def worker_argv(argv=None):
+    """(kind, spec) when the command line is `--worker KIND SPEC`, else None."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 3 and argv[0] == "--worker":
+        return argv[1], json.loads(argv[2])
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
-# The parent: cases, alternating rounds, report.
+# The parent: CPU time, foreign load, alternating rounds.
 
 
 def log(message):
@@ -403,16 +377,12 @@ class ForeignLoad:
         return False
 
 
-def measure_case(spec, args, case_label, workers=None):
-    """Runs one case: Keras (and timm) workers, alternating rounds. Returns a result dict.
+def measure_case(spec, args, case_label, workers):
+    """Runs one case: its workers ({"keras": Worker, "timm": Worker} already started), alternating
+    rounds. Returns a result dict.
 
     A round in which other processes used more than `args.max_foreign_load` cores is repeated
-    (at most `args.retries` times per case); the rounds kept and their foreign load are reported.
-    `workers`: {"keras": Worker, "timm": Worker} already started (default: this module's)."""
-    if workers is None:
-        workers = {"keras": Worker("keras", spec, sys.executable, env=args.keras_env)}
-        if args.reference:
-            workers["timm"] = Worker("timm", spec, args.reference_python)
+    (at most `args.retries` times per case); the rounds kept and their foreign load are reported."""
     try:
         infos = {kind: worker.ready() for kind, worker in workers.items()}
         foreign = ForeignLoad([worker.proc.pid for worker in workers.values()])
@@ -459,53 +429,12 @@ def measure_case(spec, args, case_label, workers=None):
     return result
 
 
+# ---------------------------------------------------------------------------------------------
+# Reports.
+
+
 def fmt(value, spec=".2f"):
     return "-" if value is None else format(value, spec)
-
-
-def result_row(result):
-    infos, median = result["infos"], result["median"]
-    xla = result["xla"] if result["task"] != "savedmodel" else "as exported"
-    if "xla" in infos["keras"]:
-        xla = f"{xla} ({'on' if infos['keras']['xla'] else 'off'})"
-    timm_rss = infos["timm"]["peak_rss_mb"] if "timm" in infos else None
-    cells = [
-        result["task"],
-        result["dtype"],
-        xla,
-        result["batch_size"],
-        fmt(median["keras"]),
-        fmt(median.get("timm")),
-        fmt(result.get("ratio")),
-        fmt(result.get("whole_call_ratio")),
-        fmt(infos["keras"]["peak_rss_mb"], ".0f"),
-        fmt(timm_rss, ".0f"),
-        fmt(max(result["teardown_seconds"]["keras"]), ".1f"),
-        fmt(max(result["foreign_load"])),
-    ]
-    return "| " + " | ".join(map(str, cells)) + " |"
-
-
-REPORT_HEADER = (
-    "| task | dtype | XLA | batch | Keras img/s | timm img/s | ratio Keras/timm | ratio, whole calls "
-    "| Keras peak RSS MiB "
-    "| timm peak RSS MiB | Keras call teardown s (max) | max other load (cores) |"
-)
-
-
-def report(results, args):
-    lines = [
-        f"### {args.model}, {args.threads} threads, {args.rounds} rounds of {args.steps} batches "
-        f"after {args.warmup} warm-up",
-        "",
-        REPORT_HEADER,
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *map(result_row, results),
-    ]
-    if results:
-        versions = {kind: info["version"] for kind, info in results[0]["infos"].items()}
-        lines += ["", "Versions: " + "; ".join(versions.values()) + f". CPU: {cpu_name()}."]
-    return lines
 
 
 def print_report(lines, results, json_path=None):
@@ -527,6 +456,10 @@ def cpu_name():
         import platform
 
         return platform.processor() or platform.machine()
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags.
 
 
 def parse_list(choices):
@@ -554,30 +487,15 @@ def positive(text):
     return value
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m crossvit_keras.bench",
-        description="Inference and training speed and peak memory of a CrossViT variant; with --reference "
-        "side by side with timm's, alternating rounds.",
-    )
+def add_model_argument(parser):
     parser.add_argument("--model", default="crossvit_15_240", help="variant (timm name); default crossvit_15_240")
-    parser.add_argument("--batch-size", type=positive, default=32, help="inference batch size (default 32)")
-    parser.add_argument("--train-batch-size", type=positive, default=16, help="training batch size (default 16)")
-    parser.add_argument("--tasks", type=parse_list(TASKS), default=list(TASKS[:3]), help="predict,savedmodel,fit")
-    parser.add_argument("--dtypes", type=parse_list(DTYPES), default=list(DTYPES), help="float32,mixed_bfloat16")
-    parser.add_argument(
-        "--xla",
-        type=parse_list(XLA_MODES),
-        default=["off", "on"],
-        help="jit_compile of predict/fit: default (model.compile's choice), off, on; default off,on",
-    )
+
+
+def add_rounds_arguments(parser):
+    """The flags of `measure_case`'s alternating rounds (speed.py, gpu.py)."""
     parser.add_argument("--rounds", type=positive, default=5, help="timed rounds per case (default 5)")
     parser.add_argument("--steps", type=positive, default=2, help="batches per round (default 2)")
     parser.add_argument("--warmup", type=positive, default=1, help="untimed rounds first (default 1)")
-    parser.add_argument(
-        "--threads", type=positive, default=len(os.sched_getaffinity(0)), help="intra-op threads of both frameworks"
-    )
-    parser.add_argument("--inter-op-threads", type=positive, help="TensorFlow's inter-op threads (default: TF's)")
     parser.add_argument(
         "--max-foreign-load",
         type=float,
@@ -588,94 +506,28 @@ def build_parser():
     parser.add_argument(
         "--patience", type=float, default=60.0, help="seconds to wait for a quiet machine before a round (default 60)"
     )
-    parser.add_argument("--reference", action="store_true", help="also run timm's model, alternating rounds")
+
+
+def add_threads_argument(parser):
+    parser.add_argument(
+        "--threads", type=positive, default=len(os.sched_getaffinity(0)), help="intra-op threads of both frameworks"
+    )
+
+
+def add_reference_arguments(parser, flag=True):
+    """--reference-python (the interpreter of timm's side) and, with `flag`, --reference."""
+    if flag:
+        parser.add_argument("--reference", action="store_true", help="also run timm's model, alternating rounds")
     parser.add_argument(
         "--reference-python",
         default=os.environ.get("CROSSVIT_REFERENCE_PYTHON", DEFAULT_REFERENCE_PYTHON),
         help="python with torch and timm (default $CROSSVIT_REFERENCE_PYTHON or the reference venv's)",
     )
+
+
+def add_keras_env_argument(parser):
     parser.add_argument("--keras-env", type=parse_env, action="append", default=[], help="KEY=VALUE for Keras workers")
-    parser.add_argument("--macs", action="store_true", help="only print params and GMACs of all variants vs timm")
+
+
+def add_json_argument(parser):
     parser.add_argument("--json", help="also write the results to this JSON file")
-    from crossvit_keras import bench_gpu, fusion_scaling
-
-    fusion_scaling.add_arguments(parser)
-    bench_gpu.add_arguments(parser)
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    args.keras_env = dict(args.keras_env)
-    from crossvit_keras import configs
-
-    if args.fusion_scaling:
-        from crossvit_keras import fusion_scaling
-
-        return fusion_scaling.run(args)
-    if args.gpu:
-        from crossvit_keras import bench_gpu
-
-        return bench_gpu.run(args)
-    if args.macs:
-        lines, ok = macs_table(list(configs.VARIANTS))
-        print("\n".join(lines) + "\n", flush=True)
-        from crossvit_keras import ablations
-
-        ablation_lines, ablations_ok = ablations.tables(log)  # Tables 6 and 7 of the paper
-        print("\n".join(ablation_lines))
-        return 0 if ok and ablations_ok else 1
-    args.model = configs.canonical_name(args.model)
-    if args.reference:
-        args.reference_python = os.path.expanduser(args.reference_python)
-        if not os.access(args.reference_python, os.X_OK):
-            raise SystemExit(
-                f"--reference needs a python with torch and timm; {args.reference_python} is not executable. "
-                "Create the reference venv or pass --reference-python PATH."
-            )
-    if set(args.tasks) & set(DEPLOY_TASKS):  # deployment runtimes side by side: crossvit_keras/bench_deploy.py
-        return __import__("crossvit_keras.bench_deploy").bench_deploy.run(args)
-    try:
-        import crossvit_keras.export  # noqa: F401
-    except ImportError:
-        if "savedmodel" in args.tasks:
-            log("crossvit_keras.export is not importable: skipping the savedmodel task")
-            args.tasks = [t for t in args.tasks if t != "savedmodel"]
-
-    macs_lines, _ = macs_table([args.model])
-    print("\n".join(macs_lines) + "\n", flush=True)
-    cases = []
-    for task in args.tasks:
-        for dtype in args.dtypes:
-            for xla in args.xla if task != "savedmodel" else ["default"]:
-                cases.append((task, dtype, xla))
-    results = []
-    for index, (task, dtype, xla) in enumerate(cases, 1):
-        batch = args.train_batch_size if task == "fit" else args.batch_size
-        spec = {
-            "model": args.model,
-            "task": task,
-            "dtype": dtype,
-            "xla": xla,
-            "batch_size": batch,
-            "steps": args.steps,
-            "warmup": args.warmup,
-            "threads": args.threads,
-            "inter_op_threads": args.inter_op_threads,
-        }
-        label = f"[{index}/{len(cases)}] {task} {dtype} xla={xla} batch {batch}"
-        log(f"{label}: building and warming up")
-        try:
-            results.append(measure_case(spec, args, label))
-        except RuntimeError as error:
-            log(f"{label}: FAILED, skipped: {error}")
-    lines = report(results, args)
-    print_report(lines, results, args.json)
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], json.loads(sys.argv[3]))
-    else:
-        sys.exit(main())

@@ -1,8 +1,8 @@
 """Load the released CrossViT weights (timm's .safetensors, timm's or the official IBM/CrossViT
 .pth files) into the Keras model, strictly, and write a `.keras` file.
 
-    python -m crossvit_keras.convert --model crossvit_15_240 --output crossvit_15.keras  # timm's hub weights
-    python -m crossvit_keras.convert --model crossvit_15_240 --checkpoint model.safetensors \\
+    crossvit-keras convert --model crossvit_15_240 --output crossvit_15.keras  # timm's hub weights
+    crossvit-keras convert --model crossvit_15_240 --checkpoint model.safetensors \\
         --output crossvit_15.keras
 
 The mapping is plain: a timm key names a Keras weight path, e.g.
@@ -18,7 +18,6 @@ patch grid, the CLS position kept) and another number of classes (both heads sta
 initialised, for fine-tuning).
 """
 
-import argparse
 import io
 import logging
 import os
@@ -31,8 +30,9 @@ import numpy as np
 from crossvit_keras import configs
 from crossvit_keras.atomic import save_model
 from crossvit_keras.layers.resize import bicubic_matrix
+from crossvit_keras.logs import first_line
 
-logger = logging.getLogger("crossvit_keras.convert")
+logger = logging.getLogger("crossvit_keras.weights.convert")
 
 TORCH_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 
@@ -93,12 +93,8 @@ def _read_safetensors(path):
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(
-            f"{path} is not a readable .safetensors checkpoint (truncated?): {_first_line(error)}"
+            f"{path} is not a readable .safetensors checkpoint (truncated?): {first_line(error)}"
         ) from None
-
-
-def _first_line(error):
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 # The globals a pickled state dict of tensors refers to (torch.load(weights_only=True) allows these
@@ -162,7 +158,7 @@ def check_pickle(path):
                         break
     except (ValueError, EOFError, zipfile.BadZipFile) as error:
         raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint, or is truncated ({_first_line(error)}): download it again."
+            f"{path} is not a PyTorch checkpoint, or is truncated ({first_line(error)}): download it again."
         ) from None
     for module, name in found:
         torch_type = module == "torch" and (name.endswith("Storage") or name in _TORCH_DTYPES)
@@ -187,7 +183,7 @@ def _read_torch(path):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated?): {_first_line(error)}"
+            f"{path} is not a readable PyTorch checkpoint (truncated?): {first_line(error)}"
         ) from None
     for wrapper in ("model", "state_dict", "model_state"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
@@ -402,14 +398,14 @@ def config_from_timm(img_size, patch_size, embed_dim, depth, num_heads, mlp_rati
 def converted_model(model_name, checkpoint, num_classes=None, log=None, **overrides):
     """Builds `model_name` and loads `checkpoint` into it strictly (in memory).
 
-    num_classes defaults to the checkpoint's; overrides go to create_model."""
-    from crossvit_keras.model import create_model
+    num_classes defaults to the checkpoint's; overrides go to build_model."""
+    from crossvit_keras.model import build_model
 
     state_dict = load_checkpoint(checkpoint)
     if num_classes is None:
         head = state_dict.get("head.0.weight")
         num_classes = 0 if head is None else int(head.shape[0])
-    model = create_model(model_name, num_classes=num_classes, **overrides)
+    model = build_model(model_name, num_classes=num_classes, **overrides)
     load_weights(model, state_dict, log=log)
     return model
 
@@ -417,7 +413,7 @@ def converted_model(model_name, checkpoint, num_classes=None, log=None, **overri
 def convert(model_name, checkpoint, output, num_classes=None, image_size=None, log=None, **overrides):
     """Builds `model_name`, loads `checkpoint` strictly and saves a `.keras` file atomically.
 
-    num_classes defaults to the checkpoint's; image_size to the variant's; overrides go to create_model."""
+    num_classes defaults to the checkpoint's; image_size to the variant's; overrides go to build_model."""
     log = log or logger.info
     output = os.fspath(output)
     if not output.endswith(".keras"):
@@ -430,37 +426,3 @@ def convert(model_name, checkpoint, output, num_classes=None, image_size=None, l
     save_model(model, output)
     log(f"wrote {output} ({model.name}, {model.count_params():,} parameters, {model.num_classes} classes)")
     return model
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m crossvit_keras.convert",
-        description="Convert a released CrossViT checkpoint (timm .safetensors or .pth, official .pth) to .keras.",
-    )
-    parser.add_argument("--model", required=True, help="variant, e.g. crossvit_15_240 (paper names work too)")
-    parser.add_argument(
-        "--checkpoint", default=None, help=".safetensors, .pth, .pt or .bin file, or a hub id (default: timm's weights)"
-    )
-    parser.add_argument("--output", required=True, help="the .keras file to write")
-    parser.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's (new heads if not)")
-    parser.add_argument("--image-size", type=int, default=None, help="default: the variant's (pos_embed resized)")
-    args = parser.parse_args(argv)
-    from crossvit_keras.training import setup_logging
-
-    setup_logging()  # this package's lines on stdout (not the root logger's: huggingface_hub logs itself)
-    try:
-        from crossvit_keras import hub
-
-        configs.canonical_name(args.model)
-        if not args.output.endswith(".keras"):
-            raise ValueError(f"The output must be a .keras file, got {args.output}.")
-        checkpoint = hub.checkpoint_path(args.model, args.checkpoint or True)  # downloads if not a file
-        convert(args.model, checkpoint, args.output, args.num_classes, args.image_size)
-    except (ValueError, OSError, ImportError) as error:
-        if isinstance(error, OSError) and error.strerror:  # e.g. a read-only or full output directory
-            error = f"cannot convert {args.checkpoint or args.model} to {args.output}: {error.strerror}"
-        parser.exit(1, f"error: {error}\n")
-
-
-if __name__ == "__main__":
-    main()

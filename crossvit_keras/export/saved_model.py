@@ -1,9 +1,9 @@
 """Export a classifier to a TensorFlow SavedModel for TF Serving.
 
-    python -m crossvit_keras.export --model crossvit_15.keras --output models/crossvit_15/1
+    crossvit-keras export --model crossvit_15.keras --output models/crossvit_15/1
 
 The SavedModel needs TensorFlow only (no Keras, no crossvit_keras) and has two signatures, both
-running the evaluation transform (crossvit_keras.preprocessing.eval_transform) and the model in
+running the evaluation transform (crossvit_keras.data.preprocessing.eval_transform) and the model in
 the graph:
 
 - `serving_default`: input `images`, float32 [batch, height, width, 3], RGB in [0, 255], any size;
@@ -18,20 +18,18 @@ not an image (quoted in hex), a damaged header, an image cut short, or one of mo
 `max_pixels` pixels (read from its header, so that a decompression bomb is never decoded).
 """
 
-import argparse
 import ast
 import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 
 import keras
 import tensorflow as tf
 
-from crossvit_keras import image_header
 from crossvit_keras.atomic import default_mode
-from crossvit_keras.preprocessing import DEFAULT_CROP_PCT, eval_transform
+from crossvit_keras.data import image_header
+from crossvit_keras.data.preprocessing import DEFAULT_CROP_PCT, eval_transform
 
 IMAGES_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
@@ -141,7 +139,7 @@ def _checked_images(images):
 
 
 def _checked_image_bytes(data, index, max_pixels):
-    """An encoded image's bytes, after asserting from its header (crossvit_keras.image_header) that
+    """An encoded image's bytes, after asserting from its header (crossvit_keras.data.image_header) that
     it is a JPEG, PNG, GIF, BMP or WebP image of at most `max_pixels` pixels and not cut off: the
     errors name the batch index and quote bytes in hex, and a bomb is refused before decoding."""
     code, height, width, complete = image_header.read_header(data)
@@ -285,15 +283,6 @@ def export_saved_model(
     return path
 
 
-def load_keras_model(path):
-    """A .keras model saved with crossvit_keras (its layers registered by importing the package)."""
-    import crossvit_keras  # noqa: F401  (registers CrossViT's classes for deserialisation)
-
-    if not os.path.isfile(path):
-        raise ValueError(f"Model file {path} not found; give a .keras file saved with model.save().")
-    return keras.saving.load_model(path, compile=False)  # no optimizer needed (nor its schedule class)
-
-
 def resolve_class_names(class_names_file, num_classes):
     """(names or None, a note saying where they come from) for the command-line tools."""
     if class_names_file:
@@ -307,67 +296,3 @@ def resolve_class_names(class_names_file, num_classes):
     if num_classes == 1000:
         return None, "no class names: ImageNet names are not available offline (install tensorflow-datasets)"
     return None, f"no class names for {num_classes} classes (pass --class-names FILE)"
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m crossvit_keras.export",
-        description="Export a .keras image classifier to a SavedModel for TF Serving "
-        "(signatures serving_default: float images, serving_bytes: encoded images).",
-    )
-    parser.add_argument("--model", required=True, help="a .keras model file")
-    parser.add_argument(
-        "--output", required=True, help="SavedModel directory, a numbered version: models/crossvit_15/1"
-    )
-    parser.add_argument(
-        "--format",
-        choices=["saved_model", "onnx", "openvino", "litert"],
-        default="saved_model",
-        help="saved_model (default, for TF Serving) or a file taking normalised images, returning logits "
-        "(crossvit_keras.export_formats)",
-    )
-    parser.add_argument("--quantize", choices=["none", "float16", "int8"], default="none", help="not for saved_model")
-    parser.add_argument(
-        "--class-names",
-        help="text file, one class name per line (default: ImageNet names for 1000 classes)",
-    )
-    parser.add_argument("--top-k", type=int, default=TOP_K, help="number of top classes returned (default 5)")
-    parser.add_argument("--crop-pct", type=float, default=DEFAULT_CROP_PCT, help="evaluation crop (0.875)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"serving_bytes refuses larger images, undecoded (default {DEFAULT_MAX_PIXELS:,})",
-    )
-    args = parser.parse_args(argv)
-    try:
-        if args.format != "saved_model":  # ONNX, OpenVINO, LiteRT: crossvit_keras/export_formats.py
-            from crossvit_keras.export_formats import check_options, export_format
-
-            check_options(args.format, args.quantize, args.output)
-            path = export_format(load_keras_model(args.model), args.output, args.format, args.quantize, args.overwrite)
-            print(f"Exported {args.model} to {path} ({args.format}, quantize {args.quantize}).")
-            return 0
-        if args.quantize != "none":
-            raise ValueError("--quantize is for --format onnx, openvino or litert, not saved_model")
-        model = load_keras_model(args.model)
-        names, note = resolve_class_names(args.class_names, model_num_classes(model))
-        path = export_saved_model(
-            model,
-            args.output,
-            names,
-            top_k=args.top_k,
-            crop_pct=args.crop_pct,
-            overwrite=args.overwrite,
-            max_pixels=args.max_pixels,
-        )
-    except (ValueError, FileExistsError) as error:
-        parser.exit(2, f"error: {error}\n")
-    print(f"Exported {args.model} to {path} ({note}).")
-    print(f"Signatures: {IMAGES_SIGNATURE} (input `images`), {BYTES_SIGNATURE} (input `image_bytes`).")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

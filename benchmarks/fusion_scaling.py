@@ -1,15 +1,17 @@
 """The paper's efficiency claim, measured (Sec. 3.3: "cross-attention only requires linear time for
 both computational and memory complexity instead of quadratic time otherwise"):
 
-    python -m crossvit_keras.bench --fusion-scaling
+    python benchmarks/fusion_scaling.py
+    python benchmarks/fusion_scaling.py --scaling-repeats 3 --scaling-output tools/results/fusion_scaling
 
-times one fusion module of CrossViT-S (widths 192 / 384, 6 heads, L = 1) on its own, a forward
-pass and a training step (forward and the gradients of a loss with respect to the module's
-weights and its input tokens; no optimizer update, which does not depend on the tokens), and
-measures the peak memory TensorFlow's allocator holds for it, as the image grows (240 to 960 px:
-401 + 197 to 6,401 + 3,137 tokens). It fits the growth exponent p of cost ~ tokens^p by least
-squares on the log-log points (all sizes, and the two largest, where fixed costs matter least)
-and writes a Markdown table, a JSON file and a PNG plot.
+(from the repository root; `--help` lists the flags) times one fusion module of CrossViT-S
+(widths 192 / 384, 6 heads, L = 1) on its own, a forward pass and a training step (forward and the
+gradients of a loss with respect to the module's weights and its input tokens; no optimizer
+update, which does not depend on the tokens), and measures the peak memory TensorFlow's allocator
+holds for it, as the image grows (240 to 960 px: 401 + 197 to 6,401 + 3,137 tokens). It fits the
+growth exponent p of cost ~ tokens^p by least squares on the log-log points (all sizes, and the
+two largest, where fixed costs matter least) and writes a Markdown table, a JSON file and a PNG
+plot.
 
 Every (fusion, size) runs in a fresh worker process with TensorFlow's BFC allocator on the CPU
 (TF_CPU_ALLOCATOR_USE_BFC=true, which keeps allocation statistics; read when TensorFlow loads), so
@@ -18,34 +20,37 @@ The memory is the allocator's peak during one call minus what it held before (in
 excluded); oneDNN's scratch memory that does not go through TensorFlow's allocator is not in it.
 """
 
+import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
 import time
+
+import common
 
 DEFAULT_FUSIONS = ("cross_attention", "all_attention")
 DEFAULT_SIZES = (240, 360, 480, 720, 960)
 MODEL = "crossvit_small_240"  # the model of the paper's Table 6
 
 
-def add_arguments(parser):
-    """bench.py's flags for --fusion-scaling."""
-    group = parser.add_argument_group("--fusion-scaling")
-    group.add_argument(
-        "--fusion-scaling", action="store_true", help="time one fusion module as the token count grows; fit exponents"
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/fusion_scaling.py",
+        description="Time and peak memory of one CrossViT-S fusion module as the token count grows "
+        "(240 to 960 px); fits the growth exponents; writes OUTPUT.md, OUTPUT.json and OUTPUT.png.",
     )
-    group.add_argument("--scaling-fusions", default=",".join(DEFAULT_FUSIONS), help="comma-separated fusions")
-    group.add_argument(
+    parser.add_argument("--scaling-fusions", default=",".join(DEFAULT_FUSIONS), help="comma-separated fusions")
+    parser.add_argument(
         "--scaling-sizes", default=",".join(map(str, DEFAULT_SIZES)), help="comma-separated image sizes (px)"
     )
-    group.add_argument("--scaling-batch", type=int, default=1, help="images per call (default 1)")
-    group.add_argument("--scaling-repeats", type=int, default=5, help="timed calls per case; median (default 5)")
-    group.add_argument(
+    parser.add_argument("--scaling-batch", type=int, default=1, help="images per call (default 1)")
+    parser.add_argument("--scaling-repeats", type=int, default=5, help="timed calls per case; median (default 5)")
+    parser.add_argument(
         "--scaling-output", default="fusion_scaling", help="writes OUTPUT.md, OUTPUT.json and OUTPUT.png"
     )
+    return parser
 
 
 # ----------------------------------------------------------------------------- worker (one case)
@@ -118,13 +123,12 @@ def worker(spec):
 
 
 def run_case(spec, timeout=1800):
-    """measure(**spec) in a fresh process with the BFC allocator; None (and why) if it failed."""
-    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
-    code = f"from crossvit_keras.fusion_scaling import worker; worker({spec!r})"
+    """measure(**spec) in a fresh process with the BFC allocator (`python fusion_scaling.py --worker
+    SPEC`); None (and why) if it failed."""
+    env = common.keras_env({"TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    argv = common.script_command(sys.executable, __file__, "--worker", json.dumps(spec))
     try:
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout} s"
     for line in done.stdout.splitlines():
@@ -230,8 +234,9 @@ def plot(results, fits, path):
     return path
 
 
-def run(args):
-    """bench --fusion-scaling: every (fusion, size) case, then the table, exponents, JSON and PNG."""
+def main(argv=None):
+    """Every (fusion, size) case, then the table, exponents, JSON and PNG."""
+    args = build_parser().parse_args(argv)
     from crossvit_keras.atomic import atomic_path
     from crossvit_keras.layers import FUSIONS
 
@@ -270,3 +275,10 @@ def run(args):
         json.dump({"results": results, "exponents": fits}, f, indent=1)
     print(f"wrote {args.scaling_output}.md, .json and {plot(results, fits, f'{args.scaling_output}.png')}")
     return 0 if len(results) == len(cases) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        worker(json.loads(sys.argv[2]))
+    else:
+        sys.exit(main())

@@ -4,7 +4,7 @@
 file `model.safetensors`), a hub id (`"timm/crossvit_15_240.in1k"`) or a local checkpoint
 (`.safetensors`, `.pth`, `.pt`, `.bin`, e.g. the official IBM release). Downloads go through
 `huggingface_hub.hf_hub_download`: its cache, resumable downloads, HF_HOME / HF_HUB_CACHE /
-HF_HUB_OFFLINE and tokens. The weights are converted by the strict converter (crossvit_keras.convert:
+HF_HUB_OFFLINE and tokens. The weights are converted by the strict converter (crossvit_keras.weights.convert:
 position embeddings resized for another image size, fresh heads for another class count, logged).
 
 A converted model is cached beside the download, in `<hub cache>/models--timm--<variant>.in1k/
@@ -20,8 +20,10 @@ import os
 import re
 
 from crossvit_keras import configs
+from crossvit_keras.logs import first_line
+from crossvit_keras.version import __version__
 
-logger = logging.getLogger("crossvit_keras.hub")
+logger = logging.getLogger("crossvit_keras.weights.hub")
 
 FILENAME = "model.safetensors"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".pth.tar")
@@ -81,7 +83,7 @@ def download(repo_id, filename=FILENAME):
         if constants.HF_HUB_OFFLINE:
             reason = f"offline (HF_HUB_OFFLINE=1) and not in the cache {constants.HF_HUB_CACHE}"
         else:
-            cause = _first_line(error.__cause__ or error)
+            cause = first_line(error.__cause__ or error)
             reason = f"no connection to the hub ({cause}) and not in the cache {constants.HF_HUB_CACHE}"
     except GatedRepoError:
         reason = "the repository is gated: accept its terms on huggingface.co and log in (`hf auth login` or HF_TOKEN)"
@@ -93,18 +95,14 @@ def download(repo_id, filename=FILENAME):
         reason = "the repository has no such file"
     except HfHubHTTPError as error:
         status = getattr(error.response, "status_code", "?")
-        reason = f"the hub answered HTTP {status} ({_first_line(error)})"
+        reason = f"the hub answered HTTP {status} ({first_line(error)})"
     except OSError as error:  # connection errors, a full disk, an unwritable cache
-        reason = _first_line(error)
+        reason = first_line(error)
     raise HubError(
         f"cannot get {filename} of {repo_id} from the Hugging Face hub: {reason}. Without network, download it "
         f"elsewhere (`hf download {repo_id} {filename}`) and pass the file (pretrained=PATH, or --checkpoint / "
         "--pretrained PATH on the command lines), or set HF_HUB_CACHE to a cache that holds it."
     )
-
-
-def _first_line(error):
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def cache_path(name, checkpoint, overrides):
@@ -113,8 +111,6 @@ def cache_path(name, checkpoint, overrides):
     points to, the configuration (without the class count, which is the checkpoint's), the
     global dtype policy and the package version."""
     import keras
-
-    import crossvit_keras
 
     snapshot = os.path.dirname(os.path.abspath(checkpoint))
     commit, repo_folder = os.path.basename(snapshot), os.path.dirname(os.path.dirname(snapshot))
@@ -127,7 +123,7 @@ def cache_path(name, checkpoint, overrides):
             "size": os.path.getsize(checkpoint),
             "config": config,
             "dtype_policy": keras.config.dtype_policy().name,  # the recipe's --mixed-precision sets it
-            "version": crossvit_keras.__version__,
+            "version": __version__,
         },
         sort_keys=True,
         default=str,
@@ -148,8 +144,8 @@ def load_pretrained(name, pretrained=True, num_classes=1000, log=None, **overrid
     """A CrossViT with the weights `pretrained` names (True, a hub id or a checkpoint path).
 
     num_classes=None keeps the checkpoint's classes; another count gets fresh heads (logged)."""
-    from crossvit_keras import convert
-    from crossvit_keras.model import create_model
+    from crossvit_keras.model import build_model
+    from crossvit_keras.weights import convert
 
     log = log or logger.info
     name = configs.canonical_name(name)
@@ -160,7 +156,7 @@ def load_pretrained(name, pretrained=True, num_classes=1000, log=None, **overrid
     model = _cached_conversion(name, checkpoint, overrides, log)
     if num_classes is None or num_classes == model.num_classes:
         return model
-    target = create_model(name, num_classes=num_classes, **overrides)
+    target = build_model(name, num_classes=num_classes, **overrides)
     convert.assign_weights(target, {w.path: w.numpy() for w in model.weights}, log=log)
     return target
 
@@ -169,7 +165,7 @@ def _cached_conversion(name, checkpoint, overrides, log):
     """The checkpoint converted with its own class count: from the cache, or converted and cached."""
     import keras
 
-    from crossvit_keras import convert
+    from crossvit_keras.weights import convert
 
     cached = cache_path(name, checkpoint, overrides)
     if os.path.isfile(cached):
@@ -177,10 +173,10 @@ def _cached_conversion(name, checkpoint, overrides, log):
         try:
             return keras.models.load_model(cached, compile=False)
         except Exception as error:  # e.g. written by another Keras: convert again, in its place
-            log(f"cannot load it ({_first_line(error)}); converting again")
+            log(f"cannot load it ({first_line(error)}); converting again")
     log(f"converting {checkpoint} (cached as {cached})")
     try:
         return convert.convert(name, checkpoint, cached, log=log, **overrides)
     except OSError as error:  # a read-only cache: convert in memory
-        log(f"the conversion was not cached ({_first_line(error)})")
+        log(f"the conversion was not cached ({first_line(error)})")
         return convert.converted_model(name, checkpoint, log=log, **overrides)

@@ -1,6 +1,6 @@
 """Fixes for Keras bugs that training meets, each guarded and applied only where it is needed.
 
-A. XLA under MirroredStrategy / MultiWorkerMirroredStrategy (`MirroredXLA`, below).
+A. XLA under MirroredStrategy / MultiWorkerMirroredStrategy (`split_xla_steps`, below).
 
 B. MultiWorkerMirroredStrategy (`apply_multi_worker_fixes`).
 
@@ -102,7 +102,7 @@ def apply_multi_worker_fixes():
 # which calls `strategy.run(train_step)` and reduces across replicas, with
 # `tf.function(jit_compile=True)`: XLA then compiles the cross-replica step on one device and fails
 # with "Trying to access resource .../replica_1/... located in device CPU:1 from device CPU:0"
-# (fit and evaluate; predict compiles inside the replica and works). `MirroredXLA` splits the step
+# (fit and evaluate; predict compiles inside the replica and works). `split_xla_steps` splits the step
 # instead: XLA compiles each replica's forward, loss and gradients (in the replica context, on the
 # replica's device), and Keras' own code outside it does the rest: the gradient all-reduce and the
 # optimizer's update (loss scaling, global_clipnorm, the fused AdamW), the loss tracker and metrics.
@@ -129,69 +129,75 @@ def _split_applies(model):
     )
 
 
-class MirroredXLA:
-    """A Keras Model mixin: `jit_compile=True` under MirroredStrategy and MultiWorkerMirroredStrategy
-    compiles each replica's forward, loss and gradients with XLA; the gradient all-reduce, the
-    optimizer's update and the metrics run outside the compiled function, as in Keras' train_step.
-    Elsewhere (other strategies, jit_compile off, a Keras without the bug) it changes nothing."""
+def split_xla_steps(model):
+    """Installs on `model` (any keras.Model, its class unchanged) the per-replica XLA steps:
+    `jit_compile=True` under MirroredStrategy and MultiWorkerMirroredStrategy then compiles each
+    replica's forward, loss and gradients with XLA; the gradient all-reduce, the optimizer's
+    update and the metrics run outside the compiled function, as in Keras' train_step. Elsewhere
+    (other strategies, jit_compile off, a Keras without the bug) the steps are Keras' own.
+    Idempotent; returns the model. The recipe's compile (crossvit_keras.training.compile_model)
+    calls it."""
+    if getattr(model, "_split_xla_steps", False):
+        return model
+    cls = type(model)
 
-    def make_train_function(self, force=False):
-        return self._make_split_function(super().make_train_function, force)
-
-    def make_test_function(self, force=False):
-        return self._make_split_function(super().make_test_function, force)
-
-    def _make_split_function(self, make, force):
+    def make_split_function(make, force):
         # Keras reads jit_compile when it builds the function: off for the cross-replica step, and
         # the flag the steps below read says whether to compile each replica's part instead.
-        self._replica_xla = _split_applies(self)
-        if not self._replica_xla:
-            return make(force)
-        self._jit_compile = False
+        model._replica_xla = _split_applies(model)
+        if not model._replica_xla:
+            return make(model, force)
+        model._jit_compile = False
         try:
-            return make(force)
+            return make(model, force)
         finally:
-            self._jit_compile = True
+            model._jit_compile = True
 
-    def train_step(self, data):
-        if not getattr(self, "_replica_xla", False):
-            return super().train_step(data)
-        from keras.src.losses.loss import unscale_loss_for_distribution
-        from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
+    model.make_train_function = lambda force=False: make_split_function(cls.make_train_function, force)
+    model.make_test_function = lambda force=False: make_split_function(cls.make_test_function, force)
+    model.train_step = lambda data: _train_step(model, data) if model._replica_xla else cls.train_step(model, data)
+    model.test_step = lambda data: _test_step(model, data) if model._replica_xla else cls.test_step(model, data)
+    model._replica_xla = False
+    model._split_xla_steps = True
+    return model
 
-        x, y, sample_weight = unpack_x_y_sample_weight(data)
-        variables = self.trainable_weights
 
-        @tf.function(jit_compile=True)
-        def loss_and_gradients(x, y, sample_weight):
-            with tf.GradientTape() as tape:
-                y_pred = self(x, training=True)
-                loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-                scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
-            return y_pred, loss, tape.gradient(scaled, variables)
+def _train_step(self, data):
+    from keras.src.losses.loss import unscale_loss_for_distribution
+    from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
 
-        y_pred, loss, gradients = loss_and_gradients(x, y, sample_weight)
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(loss), sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
-        )
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    x, y, sample_weight = unpack_x_y_sample_weight(data)
+    variables = self.trainable_weights
 
-    def test_step(self, data):
-        if not getattr(self, "_replica_xla", False):
-            return super().test_step(data)
-        from keras.src.losses.loss import unscale_loss_for_distribution
-        from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
+    @tf.function(jit_compile=True)
+    def loss_and_gradients(x, y, sample_weight):
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
+        return y_pred, loss, tape.gradient(scaled, variables)
 
-        x, y, sample_weight = unpack_x_y_sample_weight(data)
+    y_pred, loss, gradients = loss_and_gradients(x, y, sample_weight)
+    self._loss_tracker.update_state(
+        unscale_loss_for_distribution(loss), sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
+    )
+    self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+    return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-        @tf.function(jit_compile=True)
-        def predictions_and_loss(x, y, sample_weight):
-            y_pred = self(x, training=False)
-            return y_pred, self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
 
-        y_pred, loss = predictions_and_loss(x, y, sample_weight)
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(loss), sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
-        )
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+def _test_step(self, data):
+    from keras.src.losses.loss import unscale_loss_for_distribution
+    from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
+
+    x, y, sample_weight = unpack_x_y_sample_weight(data)
+
+    @tf.function(jit_compile=True)
+    def predictions_and_loss(x, y, sample_weight):
+        y_pred = self(x, training=False)
+        return y_pred, self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
+
+    y_pred, loss = predictions_and_loss(x, y, sample_weight)
+    self._loss_tracker.update_state(
+        unscale_loss_for_distribution(loss), sample_weight=tf.shape(tf.nest.flatten(x)[0])[0]
+    )
+    return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

@@ -1,21 +1,24 @@
-"""Inference speed of the deployment runtimes side by side (`python -m crossvit_keras.bench --tasks ...`
-with any of DEPLOY_TASKS; crossvit_keras.bench dispatches here).
+"""Inference speed of the deployment runtimes side by side: batch 1 latency and batch throughput.
 
-    python -m crossvit_keras.bench --model crossvit_9_240 --tasks predict,savedmodel,onnx,openvino,litert,timm,timm_onnx
+    python benchmarks/deploy.py --model crossvit_9_240 --tasks predict,savedmodel,onnx,openvino,litert,timm,timm_onnx
 
-Tasks: `predict` (Keras model.predict), `savedmodel` (its serving_default signature, 0-255 input with the
-evaluation transform in the graph), `onnx`, `openvino`, `litert` (crossvit_keras.export_formats, float32)
-and their quantized variants `onnx_int8`, `openvino_fp16`, `litert_fp16`, `litert_int8`; timm's model
-eager (`timm`, torch.inference_mode, in the reference interpreter --reference-python) and exported with
-torch.onnx (`timm_onnx`: the reference interpreter exports, ONNX Runtime runs it here). The models have
-random weights (speed does not depend on them). One worker process per task, one after the other: it
-exports, warms up, then times `--rounds` batches of --batch-size (throughput, the median) and 20 calls
-of batch 1 (latency p50 and p95), with every runtime's intra-op threads set to --threads. Reported with
-the cores other processes used meanwhile (the machine is shared) and each worker's peak RSS.
+(from the repository root; `--help` lists the flags). Tasks: `predict` (Keras model.predict),
+`savedmodel` (its serving_default signature, 0-255 input with the evaluation transform in the
+graph), `onnx`, `openvino`, `litert` (crossvit_keras.export.formats, float32) and their quantized
+variants `onnx_int8`, `openvino_fp16`, `litert_fp16`, `litert_int8`; timm's model eager (`timm`,
+torch.inference_mode, in the reference interpreter --reference-python) and exported with
+torch.onnx (`timm_onnx`: the reference interpreter exports, ONNX Runtime runs it here). The models
+have random weights (speed does not depend on them). One worker process per task, one after the
+other: it exports, warms up, then times `--rounds` batches of --batch-size (throughput, the median)
+and 20 calls of batch 1 (latency p50 and p95), with every runtime's intra-op threads set to
+--threads. Reported with the cores other processes used meanwhile (the machine is shared) and each
+worker's peak RSS. A timm task is skipped when --reference-python is not executable.
 
-This file imports only the standard library at module level: the timm worker runs it as a script.
+This file imports only the standard library and `common` at module level: the timm worker runs it
+(`python benchmarks/deploy.py --worker SPEC`) in the reference interpreter, without TensorFlow.
 """
 
+import argparse
 import json
 import os
 import statistics
@@ -24,20 +27,15 @@ import sys
 import tempfile
 import time
 
+import common
+
 LATENCY_CALLS = 20
 QUANTIZED = {"onnx_int8": ("onnx", "int8"), "openvino_fp16": ("openvino", "float16")}
 QUANTIZED |= {"litert_fp16": ("litert", "float16"), "litert_int8": ("litert", "int8")}
 TIMM_TASKS = ("timm", "timm_onnx")
-
-
-def _bench():
-    """crossvit_keras.bench, also from the timm worker (a script without the package on its path)."""
-    try:
-        from crossvit_keras import bench
-    except ImportError:
-        sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # appended: shadows nothing
-        import bench
-    return bench
+TASKS = ("predict", "savedmodel", *"onnx onnx_int8 openvino openvino_fp16 litert litert_fp16 litert_int8".split())
+TASKS += TIMM_TASKS
+DEFAULT_TASKS = ("predict", "savedmodel", "onnx", "openvino", "litert", "timm", "timm_onnx")
 
 
 def keras_runner(task, spec, scratch):
@@ -45,7 +43,7 @@ def keras_runner(task, spec, scratch):
     import tensorflow as tf
 
     import crossvit_keras
-    from crossvit_keras import export_formats
+    from crossvit_keras.export import formats as export_formats
 
     tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
     model = crossvit_keras.create_model(spec["model"])
@@ -53,7 +51,7 @@ def keras_runner(task, spec, scratch):
     if task == "predict":
         return (lambda x: model.predict(x, batch_size=len(x), verbose=0)), size, False
     if task == "savedmodel":
-        from crossvit_keras.export import export_saved_model
+        from crossvit_keras.export.saved_model import export_saved_model
 
         serve = tf.saved_model.load(export_saved_model(model, os.path.join(scratch, "1")))
         serve = serve.signatures["serving_default"]
@@ -65,12 +63,12 @@ def keras_runner(task, spec, scratch):
 
 def timm_onnx_runner(spec, scratch):
     """timm's model exported by torch.onnx in the reference interpreter, run by ONNX Runtime."""
-    from crossvit_keras import export_formats
+    from crossvit_keras.export import formats as export_formats
 
     path = os.path.join(scratch, "timm.onnx")
     worker = {**spec, "task": "timm_export", "output": path}
     subprocess.run(
-        [spec["reference_python"], "-P", os.path.abspath(__file__), "--worker", json.dumps(worker)], check=True
+        common.script_command(spec["reference_python"], __file__, "--worker", json.dumps(worker)), check=True
     )
     return export_formats.load_runtime(path, threads=spec["threads"])
 
@@ -84,7 +82,7 @@ def timm_main(spec):
     model = timm.create_model(spec["model"]).eval()
     size = model.default_cfg["input_size"][-1]
     if spec["task"] == "timm_export":  # the legacy (TorchScript) exporter, dynamic batch
-        example = torch.from_numpy(_bench().random_images(np, 1, size, channels_first=True))
+        example = torch.from_numpy(common.random_images(np, 1, size, channels_first=True))
         axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
         torch.onnx.export(
             model, (example,), spec["output"], dynamo=False, input_names=["images"], output_names=["logits"],
@@ -103,10 +101,9 @@ def measure(run, size, spec, raw=False, channels_first=False, version=""):
     """Warms up, then times batches of spec["batch_size"] and single images; returns the numbers."""
     import numpy as np
 
-    bench = _bench()
-    big = bench.random_images(np, spec["batch_size"], size, normalised=not raw, channels_first=channels_first)
+    big = common.random_images(np, spec["batch_size"], size, normalised=not raw, channels_first=channels_first)
     one = big[:1].copy()
-    start_cpu, start_machine, start = bench.cpu_seconds(), bench.machine_cpu_seconds(), time.perf_counter()
+    start_cpu, start_machine, start = common.cpu_seconds(), common.machine_cpu_seconds(), time.perf_counter()
     run(big)
     rates = []
     for _ in range(spec["rounds"]):
@@ -120,7 +117,7 @@ def measure(run, size, spec, raw=False, channels_first=False, version=""):
         t = time.perf_counter()
         run(one)
         latencies.append(1000 * (time.perf_counter() - t))
-    busy = bench.machine_cpu_seconds() - start_machine - (bench.cpu_seconds() - start_cpu)
+    busy = common.machine_cpu_seconds() - start_machine - (common.cpu_seconds() - start_cpu)
     quantiles = statistics.quantiles(latencies, n=20, method="inclusive")  # 5% steps: [9] p50, [18] p95
     return {
         "throughput": statistics.median(rates),
@@ -128,7 +125,7 @@ def measure(run, size, spec, raw=False, channels_first=False, version=""):
         "p50_ms": quantiles[9],
         "p95_ms": quantiles[18],
         "foreign_cores": max(0.0, busy / (time.perf_counter() - start)),
-        "peak_rss_mb": bench.peak_rss_mb(),
+        "peak_rss_mb": common.peak_rss_mb(),
         "version": version,
     }
 
@@ -170,11 +167,8 @@ def _version(task):
 
 def run(args):
     """The parent: one worker per task, one after the other; prints a markdown table."""
-    bench = _bench()
     results = []
     for task in args.tasks:
-        if task == "fit":
-            raise SystemExit("error: fit is not a deployment task; run it without the deployment tasks")
         spec = {
             "model": args.model,
             "task": task,
@@ -185,29 +179,31 @@ def run(args):
         }
         python = spec["reference_python"] if task == "timm" else sys.executable
         if task in TIMM_TASKS and not os.access(spec["reference_python"], os.X_OK):
-            bench.log(f"{task}: skipped, {spec['reference_python']} is not executable (--reference-python)")
+            common.log(f"{task}: skipped, {spec['reference_python']} is not executable (--reference-python)")
             continue
-        argv = [python, "-P", os.path.abspath(__file__)] if task == "timm" else [python, "-m", __name__]
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": package_root}
-        bench.log(f"{args.model} {task}: exporting, warming up and timing")
+        common.log(f"{args.model} {task}: exporting, warming up and timing")
         started = time.perf_counter()
         with tempfile.TemporaryFile(mode="w+") as log:
-            done = subprocess.run([*argv, "--worker", json.dumps(spec)], stdout=subprocess.PIPE, stderr=log, env=env)
+            done = subprocess.run(
+                common.script_command(python, __file__, "--worker", json.dumps(spec)),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=common.keras_env(),
+            )
             if done.returncode != 0:
                 log.seek(0)
-                bench.log(f"{task}: FAILED, skipped:\n" + "".join(log.readlines()[-10:]))
+                common.log(f"{task}: FAILED, skipped:\n" + "".join(log.readlines()[-10:]))
                 continue
         result = {**spec, **json.loads(done.stdout.strip().splitlines()[-1])}
         result["worker_seconds"] = time.perf_counter() - started
-        bench.log(
+        common.log(
             f"  {task}: {result['throughput']:.2f} img/s at batch {args.batch_size}, batch 1 p50 "
             f"{result['p50_ms']:.0f} ms ({result['worker_seconds']:.0f} s, other processes "
             f"{result['foreign_cores']:.2f} cores)"
         )
         results.append(result)
-    lines = report(results, args, bench.cpu_name())
-    bench.print_report(lines, results, args.json)
+    lines = report(results, args, common.cpu_name())
+    common.print_report(lines, results, args.json)
     return 0
 
 
@@ -230,6 +226,37 @@ def report(results, args, cpu):
     return lines + ["", f"CPU: {cpu}."]
 
 
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/deploy.py",
+        description="Batch 1 latency and batch throughput of the deployment runtimes (Keras, SavedModel, "
+        "ONNX, OpenVINO, LiteRT, timm eager and exported), one worker process per task.",
+    )
+    common.add_model_argument(parser)
+    parser.add_argument("--batch-size", type=common.positive, default=32, help="throughput batch size (default 32)")
+    parser.add_argument(
+        "--tasks",
+        type=common.parse_list(TASKS),
+        default=list(DEFAULT_TASKS),
+        help=f"comma-separated, of {','.join(TASKS)} (default {','.join(DEFAULT_TASKS)})",
+    )
+    parser.add_argument("--rounds", type=common.positive, default=5, help="timed batches per task (default 5)")
+    common.add_threads_argument(parser)
+    common.add_reference_arguments(parser, flag=False)
+    common.add_json_argument(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from crossvit_keras import configs
+
+    args.model = configs.canonical_name(args.model)
+    return run(args)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         worker_main(json.loads(sys.argv[2]))
+    else:
+        sys.exit(main())

@@ -1,17 +1,17 @@
-"""`python -m crossvit_keras.bench --gpu`: the one command a GPU host runs to report multi-GPU
-training and inference speed (issue 14).
+"""Multi-GPU training and inference speed: the one command a GPU host runs.
 
-    python -m crossvit_keras.bench --gpu                       # every GPU count 1, 2, 4, ... up to all
-    python -m crossvit_keras.bench --gpu --gpu-counts 1,8 --json gpu.json
+    python benchmarks/gpu.py                                 # every GPU count 1, 2, 4, ... up to all
+    python benchmarks/gpu.py --gpu-counts 1,8 --json gpu.json
 
-For each GPU count n, dtype (float32, mixed_bfloat16, mixed_float16) and XLA (off, on): one worker
-process trains `--model` (default crossvit_15_240, the paper's Table 2 model) with the recipe's
-compile (AdamW, soft-target cross-entropy, drop path 0.1; Keras wraps the optimizer in a
-LossScaleOptimizer under mixed_float16) under `tf.distribute.MirroredStrategy` over the first n
-GPUs, at the paper's per-GPU batch of 128, on one synthetic global batch repeated by tf.data
-(the input pipeline is not measured), and reports training img/s; inference is `model.predict`
-at batch 64 per GPU (the paper's Table 2 setting: CrossViT-15 at 640 img/s on one V100). XLA on
-under MirroredStrategy uses the per-replica split of `crossvit_keras.compat.MirroredXLA`.
+(from the repository root; `--help` lists the flags). For each GPU count n, dtype (float32,
+mixed_bfloat16, mixed_float16) and XLA (off, on): one worker process trains `--model` (default
+crossvit_15_240, the paper's Table 2 model) with the recipe's compile (AdamW, soft-target
+cross-entropy, drop path 0.1; Keras wraps the optimizer in a LossScaleOptimizer under
+mixed_float16) under `tf.distribute.MirroredStrategy` over the first n GPUs, at the paper's
+per-GPU batch of 128, on one synthetic global batch repeated by tf.data (the input pipeline is not
+measured), and reports training img/s; inference is `model.predict` at batch 64 per GPU (the
+paper's Table 2 setting: CrossViT-15 at 640 img/s on one V100). XLA on under MirroredStrategy uses
+the per-replica split of `crossvit_keras.training.compat.MirroredXLA`.
 
 With `--reference` and a reference python whose torch sees CUDA, timm's same variant runs side by
 side on one GPU (eager, torch.autocast for the mixed dtypes with a GradScaler for float16, timed
@@ -21,16 +21,17 @@ for both XLA rows. Multi-GPU timm (DistributedDataParallel under torchrun) is no
 Without a GPU it says so and measures the CPU as one device with a small batch (`--gpu-batch-size`,
 default 128 on GPUs and 4 on the CPU), so the command is tested on CPU-only machines.
 
-Like bench.py, this file imports only the standard library at module level: the timm worker runs it
-as a script (`python -P bench_gpu.py --worker timm-gpu SPEC`) in an environment without TensorFlow.
+Like speed.py, this file imports only the standard library and `common` at module level: the timm
+worker runs it (`python benchmarks/gpu.py --worker timm-gpu SPEC`) without TensorFlow.
 """
 
-import importlib.util
-import json
+import argparse
 import os
 import subprocess
 import sys
 import time
+
+import common
 
 DTYPES = ("float32", "mixed_bfloat16", "mixed_float16")
 TASKS = ("fit", "predict")
@@ -39,21 +40,9 @@ GPU_BATCH = {"fit": 128, "predict": 64}  # per GPU: the paper's training recipe 
 CPU_BATCH = 4
 
 
-def _bench():
-    """crossvit_keras/bench.py, imported by file so that it works in the timm worker too."""
-    if "crossvit_keras.bench" in sys.modules:
-        return sys.modules["crossvit_keras.bench"]
-    spec = importlib.util.spec_from_file_location(
-        "_crossvit_bench", os.path.join(os.path.dirname(__file__), "bench.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class KerasGpuRunner:
     """One case on n GPUs (or the CPU when n is 0) under MirroredStrategy; `run()` times `steps`
-    batches of the global batch with the same clock as bench.KerasRunner."""
+    batches of the global batch with the same clock as common.KerasRunner."""
 
     def __init__(self, spec):
         import keras
@@ -62,26 +51,25 @@ class KerasGpuRunner:
 
         import crossvit_keras
 
-        bench = _bench()
         gpus = tf.config.list_logical_devices("GPU")[: spec["gpus"]]
         devices = [d.name for d in gpus] if spec["gpus"] else ["/cpu:0"]
         strategy = tf.distribute.MirroredStrategy(devices)
         task, batch, steps = spec["task"], spec["batch_size"], spec["steps"]
         jit = {"off": False, "on": True}[spec["xla"]]
         with strategy.scope():
-            overrides = {"drop_path_rate": bench.RECIPE["drop_path_rate"]} if task == "fit" else {}
+            overrides = {"drop_path_rate": common.RECIPE["drop_path_rate"]} if task == "fit" else {}
             model = crossvit_keras.create_model(spec["model"], dtype=spec["dtype"], **overrides)
             if task == "fit":
-                bench.compile_for_training(model, jit)
+                common.compile_for_training(model, jit)
             else:
                 model.compile(jit_compile=jit)
         size = model.image_size
-        images = bench.random_images(np, batch, size)
-        labels = bench.one_hot_labels(np, batch)
+        images = common.random_images(np, batch, size)
+        labels = common.one_hot_labels(np, batch)
         data = tf.data.Dataset.from_tensors((images, labels) if task == "fit" else images)
         data = data.repeat().prefetch(tf.data.AUTOTUNE)
         self.marks = {}
-        clock = bench.clock_callback(keras, self.marks)
+        clock = common.clock_callback(keras, self.marks)
         if task == "fit":
             self._run = lambda: model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[clock()])
         else:
@@ -93,7 +81,7 @@ class KerasGpuRunner:
             "xla": bool(model.jit_compile),
         }
 
-    run = _bench().KerasRunner.run
+    run = common.KerasRunner.run
 
 
 class TimmGpuRunner:
@@ -105,17 +93,16 @@ class TimmGpuRunner:
         import torch
         from timm.loss import SoftTargetCrossEntropy
 
-        bench = _bench()
         self.torch = torch
         task, batch, steps = spec["task"], spec["batch_size"], spec["steps"]
         train = task == "fit"
         device = torch.device("cuda:0")
-        drop_path = bench.RECIPE["drop_path_rate"] if train else 0.0
+        drop_path = common.RECIPE["drop_path_rate"] if train else 0.0
         model = timm.create_model(spec["model"], drop_path_rate=drop_path).to(device)
         size = model.default_cfg["input_size"][-1]
         dtype = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}.get(spec["dtype"])
         autocast = torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None)
-        x = torch.from_numpy(bench.random_images(np, batch, size, channels_first=True)).to(device)
+        x = torch.from_numpy(common.random_images(np, batch, size, channels_first=True)).to(device)
         self.info = {
             "params": sum(p.numel() for p in model.parameters()),
             "version": f"timm {timm.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name(0)}",
@@ -123,11 +110,11 @@ class TimmGpuRunner:
         if train:
             model.train()
             optimizer = torch.optim.AdamW(
-                model.parameters(), lr=bench.RECIPE["learning_rate"], weight_decay=bench.RECIPE["weight_decay"]
+                model.parameters(), lr=common.RECIPE["learning_rate"], weight_decay=common.RECIPE["weight_decay"]
             )
             scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
             loss_fn = SoftTargetCrossEntropy()
-            y = torch.from_numpy(bench.one_hot_labels(np, batch)).to(device)
+            y = torch.from_numpy(common.one_hot_labels(np, batch)).to(device)
 
             def run():
                 for _ in range(steps):
@@ -162,14 +149,23 @@ RUNNERS = {"keras-gpu": KerasGpuRunner, "timm-gpu": TimmGpuRunner}
 # The parent.
 
 
-def add_arguments(parser):
-    g = parser.add_argument_group("multi-GPU training and inference (--gpu)")
-    g.add_argument("--gpu", action="store_true", help="training and inference img/s per GPU count (see bench_gpu.py)")
-    g.add_argument("--gpu-counts", help="comma-separated GPU counts (default 1, 2, 4, ... up to all GPUs)")
-    g.add_argument("--gpu-dtypes", default=",".join(DTYPES), help="default float32,mixed_bfloat16,mixed_float16")
-    g.add_argument("--gpu-tasks", default=",".join(TASKS), help="fit,predict (default both)")
-    g.add_argument("--gpu-xla", default="off,on", help="off,on (default both)")
-    g.add_argument("--gpu-batch-size", type=int, help="per-device batch (default fit 128, predict 64; CPU 4)")
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/gpu.py",
+        description="Multi-GPU training and inference img/s per GPU count under MirroredStrategy; with "
+        "--reference timm's on one GPU. Without a GPU it measures the CPU as one device.",
+    )
+    common.add_model_argument(parser)
+    parser.add_argument("--gpu-counts", help="comma-separated GPU counts (default 1, 2, 4, ... up to all GPUs)")
+    parser.add_argument("--gpu-dtypes", default=",".join(DTYPES), help="default float32,mixed_bfloat16,mixed_float16")
+    parser.add_argument("--gpu-tasks", default=",".join(TASKS), help="fit,predict (default both)")
+    parser.add_argument("--gpu-xla", default="off,on", help="off,on (default both)")
+    parser.add_argument("--gpu-batch-size", type=int, help="per-device batch (default fit 128, predict 64; CPU 4)")
+    common.add_rounds_arguments(parser)
+    common.add_reference_arguments(parser)
+    common.add_keras_env_argument(parser)
+    common.add_json_argument(parser)
+    return parser
 
 
 def count_gpus():
@@ -228,8 +224,10 @@ def row(result):
     return "| " + " | ".join(map(str, cells)) + " |"
 
 
-def run(args):
-    bench = _bench()
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.keras_env = dict(args.keras_env)
+    args.reference_python = os.path.expanduser(args.reference_python)
     from crossvit_keras import configs
 
     model = configs.canonical_name(args.model)
@@ -243,11 +241,11 @@ def run(args):
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not available:
-        bench.log(f"no GPU found: measuring the CPU as one device ({bench.cpu_name()}), not a GPU figure")
+        common.log(f"no GPU found: measuring the CPU as one device ({common.cpu_name()}), not a GPU figure")
         dtypes = [d for d in dtypes if d != "mixed_float16"]  # float16 matmuls have no fast CPU kernels
-    reference = args.reference and available and torch_has_cuda(os.path.expanduser(args.reference_python))
+    reference = args.reference and available and torch_has_cuda(args.reference_python)
     if args.reference and not reference:
-        bench.log("--reference: timm runs only on a GPU here (torch with CUDA); skipped")
+        common.log("--reference: timm runs only on a GPU here (torch with CUDA); skipped")
     cases = [(n, t, d, x) for n in counts for t in tasks for d in dtypes for x in xla_modes]
     results = []
     for index, (n, task, dtype, xla) in enumerate(cases, 1):
@@ -263,15 +261,15 @@ def run(args):
             "warmup": args.warmup,
         }
         label = f"[{index}/{len(cases)}] {n or 'CPU'} x {task} {dtype} xla={xla} batch {spec['batch_size']}"
-        bench.log(f"{label}: building and warming up")
-        workers = {"keras": bench.Worker("keras-gpu", spec, sys.executable, env=args.keras_env, module="bench_gpu")}
+        common.log(f"{label}: building and warming up")
+        workers = {"keras": common.Worker("keras-gpu", spec, sys.executable, __file__, env=args.keras_env)}
         if reference and n == 1:
-            workers["timm"] = bench.Worker("timm-gpu", spec, args.reference_python, module="bench_gpu")
+            workers["timm"] = common.Worker("timm-gpu", spec, args.reference_python, __file__)
         try:
-            results.append({**bench.measure_case(spec, args, label, workers=workers), "gpus": n})
+            results.append({**common.measure_case(spec, args, label, workers=workers), "gpus": n})
         except RuntimeError as error:
-            bench.log(f"{label}: FAILED, skipped: {error}")
-    where = f"{available} GPU(s)" if available else f"no GPU: the CPU ({bench.cpu_name()})"
+            common.log(f"{label}: FAILED, skipped: {error}")
+    where = f"{available} GPU(s)" if available else f"no GPU: the CPU ({common.cpu_name()})"
     lines = [
         f"### {model} under MirroredStrategy, {where}; {args.rounds} rounds of {args.steps} batches "
         f"after {args.warmup} warm-up",
@@ -285,12 +283,13 @@ def run(args):
     if results:
         versions = {kind: info["version"] for kind, info in results[0]["infos"].items()}
         lines.append("Versions: " + "; ".join(versions.values()) + ".")
-    bench.print_report(lines, results, args.json)
+    common.print_report(lines, results, args.json)
     return 0 if len(results) == len(cases) else 1
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
-        _bench().worker_main(sys.argv[2], json.loads(sys.argv[3]), runners=RUNNERS)
+    worker = common.worker_argv()
+    if worker:
+        common.worker_main(*worker, runners=RUNNERS)
     else:
-        sys.exit("run it as: python -m crossvit_keras.bench --gpu")
+        sys.exit(main())

@@ -5,7 +5,9 @@ import json
 import logging
 import os
 
-logger = logging.getLogger("crossvit_keras.training")
+from crossvit_keras.logs import first_line
+
+logger = logging.getLogger("crossvit_keras.training.run")
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
@@ -48,7 +50,7 @@ def make_strategy(name, tpu=""):
             json.loads(config)
         except json.JSONDecodeError as error:
             raise ValueError(f"TF_CONFIG is not valid JSON: {error}.") from None
-        from crossvit_keras import compat
+        from crossvit_keras.training import compat
 
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         compat.apply_multi_worker_fixes()
@@ -59,7 +61,7 @@ def make_strategy(name, tpu=""):
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
         except (ValueError, tf.errors.OpError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise ValueError(f"--strategy tpu: no TPU reachable (--tpu {tpu!r}): {first}") from None
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"Unknown --strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
@@ -80,15 +82,15 @@ def replicas_are_gpus(strategy):
     return bool(devices) and all("GPU" in device.upper() for device in devices)
 
 
-def distribution_settings(args, strategy):
+def distribution_settings(jit_compile, steps_per_execution, strategy):
     """jit_compile and steps_per_execution for the strategy. Under MirroredStrategy and
-    MultiWorkerMirroredStrategy, XLA compiles each replica's step (crossvit_keras.compat.MirroredXLA)
+    MultiWorkerMirroredStrategy, XLA compiles each replica's step (crossvit_keras.training.compat.split_xla_steps)
     and `--jit-compile auto` is on when the replicas are GPUs (as Keras' "auto" is on one GPU), off
     on CPUs; steps_per_execution > 1 is turned off there (model.fit fails with it in Keras 3.15)."""
     import tensorflow as tf
 
-    jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
-    steps = args.steps_per_execution
+    jit = {"auto": "auto", "on": True, "off": False}[jit_compile]
+    steps = steps_per_execution
     if isinstance(strategy, tf.distribute.MirroredStrategy | tf.distribute.MultiWorkerMirroredStrategy):
         name = type(strategy).__name__
         if jit == "auto":
