@@ -74,7 +74,9 @@ def _load_keras_file(path):
         if os.path.isdir(path):
             raise ModelLoadError(f"{path} is a directory; {give}.")
         if path in configs.ALIASES or path in configs.VARIANTS:
-            raise ModelLoadError(f"{path} is a variant: give its weights too (a checkpoint, or the hub's).")
+            raise ModelLoadError(
+                f"{path} is a variant: give its weights too, a checkpoint file or hub id (--checkpoint)."
+            )
         raise ModelLoadError(f"model file {path} not found; {give}.")
     if not zipfile.is_zipfile(path):  # Keras would say "File not found"
         size = os.path.getsize(path)

@@ -169,7 +169,7 @@ def test_command_line_writes_a_loadable_keras_file(tmp_path):
     checkpoint = save_safetensors(state_dict, tmp_path / "model.safetensors")
     output = tmp_path / "out" / "crossvit_9.keras"
     run_python(
-        "from crossvit_keras.weights.convert import main; main()",
+        "from crossvit_keras.cli.convert import main; main()",
         "--model",
         "crossvit_9",
         "--checkpoint",

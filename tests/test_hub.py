@@ -230,7 +230,7 @@ def test_convert_command_without_checkpoint_downloads(tmp_path, reduced):
     lay_out_cache(cache, state_dict)
     variant = {**crossvit_keras.configs.VARIANTS["crossvit_tiny_240"], **architecture(config)}
     code = (
-        "import json, sys; from crossvit_keras import configs, convert\n"
+        "import json, sys; from crossvit_keras import configs; from crossvit_keras.cli import convert\n"
         "configs.VARIANTS['crossvit_tiny_240'] = json.loads(sys.argv[1]); convert.main(sys.argv[2:])"
     )
     output = tmp_path / "out" / "crossvit_tiny.keras"

@@ -19,6 +19,7 @@ from helpers import REPO, run_python, tiny_model
 
 from crossvit_keras import data, training
 from crossvit_keras.cli import train as recipe
+from crossvit_keras.logs import setup_logging
 from crossvit_keras.training import callbacks
 from crossvit_keras.training.schedules import WarmupCosine
 
@@ -134,7 +135,7 @@ def test_finetune_from_keras_file_keeps_weights_and_makes_a_new_head(tmp_path):
     path = str(tmp_path / "source.keras")
     source.save(path)
     args = recipe.build_parser().parse_args(["--finetune", path, "--input-size", "96", "--drop-path", "0.2"])
-    model = training.build_model(args, num_classes=3)
+    model = training.training_model(recipe.config_from_args(args), num_classes=3)
     assert model.output_shape == (None, 3) and model.image_size == 96 and model.drop_path_rate == 0.2
     old = {w.path: w.numpy() for w in source.weights}
     for weight in model.weights:
@@ -151,7 +152,7 @@ def test_nan_loss_stops_training_with_a_clear_message(tmp_path):
     model.compile("sgd", "mse")
     x = np.ones((8, 2), "float32")
     x[5] = np.nan  # the second batch of 4
-    with pytest.raises(training.NonFiniteLoss, match=r"loss became nan in epoch 1 \(step 2\).*Lower --lr"):
+    with pytest.raises(callbacks.NonFiniteLoss, match=r"loss became nan in epoch 1 \(step 2\).*Lower --lr"):
         model.fit(x, np.ones((8, 1)), batch_size=4, epochs=2, callbacks=[StopOnNaN()], verbose=0, shuffle=False)
 
 
@@ -162,7 +163,7 @@ def bad_input(tmp_path, capsys, *flags):
     code = recipe.main(["--output_dir", str(tmp_path / "out"), *TINY, *flags])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and error[0].startswith("error: "), error
-    assert not os.path.exists(tmp_path / "out" / training.CHECKPOINT)
+    assert not os.path.exists(tmp_path / "out" / callbacks.CHECKPOINT)
     return error[0]
 
 
@@ -205,12 +206,12 @@ def run_until_first_checkpoint(command, out, log_path, env):
     with open(log_path, "w") as log:
         first = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
-        while not (out / training.CHECKPOINT).exists() and first.poll() is None and time.time() < deadline:
+        while not (out / callbacks.CHECKPOINT).exists() and first.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         first.send_signal(signal.SIGKILL)
         first.wait()
     killed_at = log_path.read_text()
-    assert (out / training.CHECKPOINT).exists(), killed_at[-3000:]
+    assert (out / callbacks.CHECKPOINT).exists(), killed_at[-3000:]
     return killed_at
 
 
@@ -303,7 +304,7 @@ def test_log_lines_go_to_the_current_stdout_not_a_closed_one(monkeypatch):
     import io
     import logging
 
-    training.setup_logging()
+    setup_logging()
     first, second = io.StringIO(), io.StringIO()
     monkeypatch.setattr(sys, "stdout", first)
     logging.getLogger("crossvit_keras.test").info("one")

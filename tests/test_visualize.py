@@ -61,7 +61,7 @@ def test_command_draws_from_a_converted_checkpoint(photo, tmp_path):
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(checkpoint))
     overrides = json.dumps(crossvit_keras.configs.TEST_OVERRIDES)
     output = tmp_path / "attention.png"
-    argv = ["attention", photo, "--model", "crossvit_tiny_240", "--checkpoint", str(checkpoint), "--num-classes", "7"]
+    argv = ["attention", photo, "--model", "crossvit_tiny_240", "--checkpoint", str(checkpoint)]
     assert visualize_cli.main([*argv, "--model-overrides", overrides, "--output", str(output)]) == 0
     assert_png(output)
 

@@ -126,7 +126,7 @@ def main(argv=None, prog="crossvit-keras train", evaluate_only=False):
         if config.cpu_devices:
             configure_cpu_devices(config.cpu_devices)
         run = Run(config)
-        job = run.prepare_eval() if run.config.eval else run.prepare_train()
+        job = run.prepare_eval() if config.eval else run.prepare_train()
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
