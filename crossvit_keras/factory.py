@@ -58,16 +58,12 @@ def load_model(model, checkpoint=None, num_classes=None, **overrides):
     try:
         configs.canonical_name(model)
         return create_model(model, num_classes=num_classes, pretrained=checkpoint, **overrides)
-    except ModelLoadError:
-        raise
     except (ValueError, OSError) as error:  # CheckpointError, HubError, a bad override, an unreadable file
         raise ModelLoadError(first_line(error)) from None
 
 
 def _load_keras_file(path):
-    import keras
-
-    import crossvit_keras  # noqa: F401  (registers the package's classes for deserialisation)
+    import keras  # the package's classes are registered: importing this module imported crossvit_keras
 
     give = "give a .keras file saved with model.save(), or a variant name with a checkpoint"
     if not os.path.isfile(path):

@@ -12,7 +12,7 @@ import time
 from crossvit_keras import configs
 from crossvit_keras.atomic import atomic_path
 
-logger = logging.getLogger("crossvit_keras.training.run")
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.keras"
 PREVIOUS = "checkpoint-previous.keras"

@@ -7,7 +7,7 @@ import os
 
 from crossvit_keras.logs import first_line
 
-logger = logging.getLogger("crossvit_keras.training.run")
+logger = logging.getLogger(__name__)
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 

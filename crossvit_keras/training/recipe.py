@@ -11,7 +11,7 @@ from crossvit_keras.training.compat import split_xla_steps
 from crossvit_keras.training.optimizers import SGDL2, AdamW
 from crossvit_keras.weights.convert import assign_weights
 
-logger = logging.getLogger("crossvit_keras.training")
+logger = logging.getLogger(__name__)
 
 
 def no_weight_decay_variables(model):

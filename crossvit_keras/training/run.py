@@ -53,7 +53,7 @@ from crossvit_keras.training.distribute import (
 )
 from crossvit_keras.training.recipe import build_optimizer, compile_model, model_label, training_model
 
-logger = logging.getLogger("crossvit_keras.training")
+logger = logging.getLogger(__name__)
 
 FINAL_MODEL = "model.keras"
 # DeiT's RASampler repeats each image this many times.
@@ -68,7 +68,6 @@ class Run:
 
     def __init__(self, config):
         import keras
-        import tensorflow as tf
 
         from crossvit_keras import data
 
@@ -99,7 +98,6 @@ class Run:
         self.jit_compile, self.steps_per_execution = distribution_settings(
             config.jit_compile, config.steps_per_execution, self.strategy
         )
-        self.tf = tf
 
     # --- data
 

@@ -32,7 +32,7 @@ from crossvit_keras.atomic import save_model
 from crossvit_keras.layers.resize import bicubic_matrix
 from crossvit_keras.logs import first_line
 
-logger = logging.getLogger("crossvit_keras.weights.convert")
+logger = logging.getLogger(__name__)
 
 TORCH_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 

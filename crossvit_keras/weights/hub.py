@@ -23,7 +23,7 @@ from crossvit_keras import configs
 from crossvit_keras.logs import first_line
 from crossvit_keras.version import __version__
 
-logger = logging.getLogger("crossvit_keras.weights.hub")
+logger = logging.getLogger(__name__)
 
 FILENAME = "model.safetensors"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".pth.tar")
