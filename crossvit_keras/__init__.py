@@ -45,17 +45,28 @@ def _quiet_tensorflow_start():
 
 
 with _quiet_tensorflow_start():
-    import keras  # noqa: E402, F401  (loads TensorFlow)
+    import keras  # noqa: E402, F401  (loads TensorFlow on its backend)
+    import keras_hub  # noqa: E402, F401  (loads TensorFlow where installed, on every backend, for tf.data)
 
-from crossvit_keras import ablations, configs, layers  # noqa: E402
+from crossvit_keras import ablations, configs, layers, tuning  # noqa: E402
 from crossvit_keras.branches import branch_logits  # noqa: E402
 from crossvit_keras.factory import ModelLoadError, create_model, list_models, load_model  # noqa: E402
 from crossvit_keras.model import CrossViT  # noqa: E402
+from crossvit_keras.models import (  # noqa: E402  (keras-hub classes)
+    CrossViTBackbone,
+    CrossViTImageClassifier,
+    CrossViTImageClassifierPreprocessor,
+    CrossViTImageConverter,
+)
 from crossvit_keras.training import optimizers, schedules  # noqa: E402, F401  (register AdamW, SGDL2, WarmupCosine)
 from crossvit_keras.version import __version__  # noqa: E402
 
 __all__ = [
     "CrossViT",
+    "CrossViTBackbone",
+    "CrossViTImageClassifier",
+    "CrossViTImageClassifierPreprocessor",
+    "CrossViTImageConverter",
     "ModelLoadError",
     "__version__",
     "ablations",
@@ -66,6 +77,7 @@ __all__ = [
     "layers",
     "list_models",
     "load_model",
+    "tuning",
 ]
 
 

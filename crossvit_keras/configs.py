@@ -37,6 +37,31 @@ VARIANTS = {
     "crossvit_18_dagger_408": _variant((224, 448), 6, 7, 3.0, multi_conv=True, image_sizes=IMAGE_SIZES_408),
 }
 
+# timm's pretrained configuration of each variant (its `default_cfgs`): the evaluation transform
+# of the released weights. Resize the shorter side to input_size / crop_pct (bicubic), centre crop
+# input_size, normalise with mean and std. The 408 models are evaluated without a crop margin.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CROP_PCT = 0.875  # timm's and DeiT's
+PRETRAINED_CFGS = {
+    name: {
+        "input_size": variant["image_sizes"][0],
+        "crop_pct": 1.0 if variant["image_sizes"] == IMAGE_SIZES_408 else DEFAULT_CROP_PCT,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+    }
+    for name, variant in VARIANTS.items()
+}
+
+
+def default_crop_pct(name):
+    """The evaluation crop of a variant's released weights (by timm, paper or official name); 0.875
+    (timm's default) for a name that is no variant."""
+    name = ALIASES.get(name, name)
+    return PRETRAINED_CFGS[name]["crop_pct"] if name in PRETRAINED_CFGS else DEFAULT_CROP_PCT
+
+
 # What timm 1.0.31 reports for each variant (tests/fixtures/timm_reference.json): the exact
 # parameter count with 1000 classes and the GMACs at its input size. `python benchmarks/macs.py`
 # checks the models against it.
@@ -89,6 +114,7 @@ OVERRIDES = (
     "fusion",
     "cls_token",
     "identity_projections",
+    "remat",
     "dtype",
 )
 

@@ -3,11 +3,15 @@
 loads its model through `load_model`."""
 
 import os
+import re
+import traceback
 import zipfile
 
 from crossvit_keras import configs
 from crossvit_keras.logs import first_line
 from crossvit_keras.model import build_model
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))  # its checks' errors name the bad argument
 
 
 class ModelLoadError(ValueError):
@@ -29,7 +33,8 @@ def create_model(name, num_classes=1000, pretrained=False, **overrides):
     Overrides: image_size (the small branch's input; the large branch follows the variant's ratio),
     image_sizes, embed_dims, depths, num_heads, mlp_ratios, multi_conv, qkv_bias, drop_rate,
     attn_drop_rate, proj_drop_rate, drop_path_rate, fusion, cls_token, identity_projections (the
-    ablations of crossvit_keras.ablations), dtype. num_classes=0 gives features."""
+    ablations of crossvit_keras.ablations), remat (recompute the blocks' activations in the
+    backward pass: less memory, slower training steps), dtype. num_classes=0 gives features."""
     if pretrained:
         from crossvit_keras.weights import hub
 
@@ -83,7 +88,26 @@ def _load_keras_file(path):
     try:
         return keras.saving.load_model(path, compile=False)  # no optimizer needed (nor its schedule class)
     except Exception as error:  # zipfile, h5py and Keras raise many types for a damaged file
-        raise ModelLoadError(
-            f"cannot load the model {path} ({type(error).__name__}: {first_line(error)}); "
-            "give a complete .keras file saved with model.save()."
-        ) from None
+        raise ModelLoadError(f"cannot load the model {path}: {_load_problem(error)}.") from None
+
+
+def _load_problem(error):
+    """What is wrong with a .keras file that did not load, and what to give instead, in a few words."""
+    give = "give a complete .keras file saved with model.save()"
+    message = first_line(error).rstrip(".")
+    unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", message)
+    if unknown:
+        return (
+            f"its config names {unknown.group(1)!r}, a class unknown here (a model of another package, or of "
+            "another version of this one); give a .keras file of a CrossViT saved with model.save()"
+        )
+    missing = re.search(r"no item named '([^']+)' in the archive", message)
+    if isinstance(error, KeyError) and missing:
+        return f"it is a zip archive without {missing.group(1)} (not a .keras file, or a damaged one); {give}"
+    frames = traceback.extract_tb(error.__traceback__)
+    if isinstance(error, ValueError) and frames and frames[-1].filename.startswith(_PACKAGE):
+        # raised by the model's or a layer's checks of its constructor arguments
+        return f"its config is invalid ({message}); {give}"
+    if len(message) > 200:
+        message = message[:200] + "..."
+    return f"{type(error).__name__}: {message}; {give}"

@@ -6,6 +6,9 @@ image -> [small branch: patch 12 | large branch: bicubic resize, patch 16]
       -> LayerNorm and a linear head on each branch's CLS token -> mean of the two logits
 """
 
+import math
+import numbers
+
 import keras
 import numpy as np
 from keras import ops
@@ -31,6 +34,63 @@ def drop_path_schedule(depths, rate):
         schedule.append(tuple(rates[start : start + count]) or (0.0,))
         start += count
     return schedule
+
+
+def encode(
+    images,
+    image_sizes,
+    patch_sizes,
+    embed_dims,
+    depths,
+    num_heads,
+    mlp_ratios,
+    multi_conv,
+    qkv_bias,
+    attn_drop_rate,
+    proj_drop_rate,
+    drop_path_rate,
+    fusion,
+    cls_token,
+    identity_projections,
+    remat=False,
+    dtype=None,
+):
+    """Paper Fig. 2 up to the heads, on symbolic `images`: per branch a patch embedding (the large
+    branch on the image resized), the CLS token and position embedding; then the K multi-scale
+    encoders. Returns the [small, large] tokens after every stage (K pairs). The layers' names
+    (resize_1, patch_embed_b, embed_b, stage_k) are the ones timm's weights are converted to;
+    `CrossViT` and `crossvit_keras.CrossViTBackbone` are both built by this function."""
+    tokens = []
+    for b in range(2):
+        x = images
+        if image_sizes[b] != image_sizes[0]:
+            x = BicubicResize((image_sizes[b],) * 2, name=f"resize_{b}", dtype=dtype)(x)
+        patch_embed = PatchEmbedding(patch_sizes[b], embed_dims[b], multi_conv, name=f"patch_embed_{b}", dtype=dtype)
+        num_patches = patch_embed.grid_size(image_sizes[b]) ** 2
+        x = ClassTokenPositionEmbedding(num_patches, embed_dims[b], cls_token, name=f"embed_{b}", dtype=dtype)(
+            patch_embed(x)
+        )
+        tokens.append(x)
+    stages = []
+    for stage, (depth, rates) in enumerate(zip(depths, drop_path_schedule(depths, drop_path_rate), strict=True)):
+        tokens = MultiScaleEncoder(
+            embed_dims,
+            depth,
+            num_heads,
+            mlp_ratios,
+            rates,
+            qkv_bias,
+            attn_drop_rate,
+            proj_drop_rate,
+            fusion,
+            cls_token,
+            identity_projections,
+            remat=remat,
+            name=f"stage_{stage}",
+            dtype=dtype,
+        )(tokens)
+        stages.append(tokens)
+    return stages
 
 
 @register
@@ -87,7 +147,12 @@ class ClassifierHead(keras.layers.Layer):
         }
 
 
-def _validate(image_sizes, patch_sizes, embed_dims, depths, num_heads, mlp_ratios, num_classes, fusion):
+def _is_integer(value, minimum):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def _validate(image_sizes, patch_sizes, embed_dims, depths, num_heads, mlp_ratios, num_classes, fusion, rates, flags):
+    """A ValueError naming the argument and the values it takes, before any layer is built."""
     for name, value in (
         ("image_sizes", image_sizes),
         ("patch_sizes", patch_sizes),
@@ -95,8 +160,16 @@ def _validate(image_sizes, patch_sizes, embed_dims, depths, num_heads, mlp_ratio
         ("num_heads", num_heads),
         ("mlp_ratios", mlp_ratios),
     ):
-        if len(value) != 2:
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise ValueError(f"{name} needs one value per branch (2), got {value!r}.")
+    for name, value in (
+        ("image_sizes", image_sizes),
+        ("patch_sizes", patch_sizes),
+        ("embed_dims", embed_dims),
+        ("num_heads", num_heads),
+    ):
+        if not all(_is_integer(v, 1) for v in value):
+            raise ValueError(f"{name} must be two positive integers (one per branch), got {tuple(value)}.")
     for size, patch in zip(image_sizes, patch_sizes, strict=True):
         if size < patch or size % patch:
             raise ValueError(
@@ -105,12 +178,26 @@ def _validate(image_sizes, patch_sizes, embed_dims, depths, num_heads, mlp_ratio
                 "e.g. image_size=240 gives (240, 224)."
             )
     for dim, heads in zip(embed_dims, num_heads, strict=True):
-        if heads < 1 or dim % heads:
+        if dim % heads:
             raise ValueError(f"num_heads={heads} must divide the width {dim} (embed_dims={tuple(embed_dims)}).")
+    for dim, ratio in zip(embed_dims, mlp_ratios, strict=True):
+        if not (isinstance(ratio, numbers.Real) and not isinstance(ratio, bool) and 0 < ratio < math.inf) or (
+            int(dim * ratio) < 1
+        ):
+            raise ValueError(
+                f"mlp_ratios must be two positive numbers (one per branch) with an MLP width int(embed_dim x ratio) "
+                f">= 1, got {tuple(mlp_ratios)} (embed_dims={tuple(embed_dims)})."
+            )
     if not depths or any(len(d) != 3 or min(d) < 0 or d[2] < 1 for d in depths):
         raise ValueError(f"depths must be K >= 1 triples (N, M, L) with N, M >= 0 and L >= 1, got {depths!r}.")
-    if num_classes < 0:
-        raise ValueError(f"num_classes must be >= 0 (0 = no head), got {num_classes}.")
+    if not _is_integer(num_classes, 0):
+        raise ValueError(f"num_classes must be an integer >= 0 (0 = no head), got {num_classes!r}.")
+    for name, rate in rates.items():
+        if not (isinstance(rate, numbers.Real) and not isinstance(rate, bool) and 0 <= rate < 1):
+            raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}.")
+    for name, flag in flags.items():
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {flag!r}.")
     if fusion not in FUSIONS:
         raise ValueError(f"Unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}.")
 
@@ -141,46 +228,66 @@ class CrossViT(keras.Model):
         fusion="cross_attention",
         cls_token=True,
         identity_projections=False,
+        remat=False,
         name="crossvit",
         dtype=None,
         **kwargs,
     ):
+        quantized = None
+        if isinstance(dtype, keras.dtype_policies.DTypePolicyMap):  # a quantized model's config (get_config)
+            quantized, dtype = dtype, dtype.default_policy.name
         depths = tuple(tuple(int(v) for v in d) for d in depths)
-        _validate(image_sizes, patch_sizes, embed_dims, depths, num_heads, mlp_ratios, num_classes, fusion)
+        _validate(
+            image_sizes,
+            patch_sizes,
+            embed_dims,
+            depths,
+            num_heads,
+            mlp_ratios,
+            num_classes,
+            fusion,
+            rates={
+                "drop_rate": drop_rate,
+                "attn_drop_rate": attn_drop_rate,
+                "proj_drop_rate": proj_drop_rate,
+                "drop_path_rate": drop_path_rate,
+            },
+            flags={
+                "multi_conv": multi_conv,
+                "qkv_bias": qkv_bias,
+                "cls_token": cls_token,
+                "identity_projections": identity_projections,
+                "remat": remat,
+            },
+        )
         images = keras.Input((image_sizes[0], image_sizes[0], 3), name="images")
-        tokens = []
-        for b in range(2):
-            x = images
-            if image_sizes[b] != image_sizes[0]:
-                x = BicubicResize((image_sizes[b],) * 2, name=f"resize_{b}", dtype=dtype)(x)
-            patch_embed = PatchEmbedding(
-                patch_sizes[b], embed_dims[b], multi_conv, name=f"patch_embed_{b}", dtype=dtype
-            )
-            num_patches = patch_embed.grid_size(image_sizes[b]) ** 2
-            x = ClassTokenPositionEmbedding(num_patches, embed_dims[b], cls_token, name=f"embed_{b}", dtype=dtype)(
-                patch_embed(x)
-            )
-            tokens.append(x)
-        for stage, (depth, rates) in enumerate(zip(depths, drop_path_schedule(depths, drop_path_rate), strict=True)):
-            tokens = MultiScaleEncoder(
-                embed_dims,
-                depth,
-                num_heads,
-                mlp_ratios,
-                rates,
-                qkv_bias,
-                attn_drop_rate,
-                proj_drop_rate,
-                fusion,
-                cls_token,
-                identity_projections,
-                name=f"stage_{stage}",
-                dtype=dtype,
-            )(tokens)
+        tokens = encode(
+            images,
+            image_sizes,
+            patch_sizes,
+            embed_dims,
+            depths,
+            num_heads,
+            mlp_ratios,
+            multi_conv,
+            qkv_bias,
+            attn_drop_rate,
+            proj_drop_rate,
+            drop_path_rate,
+            fusion,
+            cls_token,
+            identity_projections,
+            remat,
+            dtype,
+        )[-1]
         outputs = ClassifierHead(embed_dims, num_classes, drop_rate, cls_token, name="head", dtype=dtype)(tokens)
         # Logits in float32 under mixed precision, as Keras' mixed-precision guide asks.
         outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(outputs)
         super().__init__(inputs=images, outputs=outputs, name=name, **kwargs)
+        if quantized is not None:  # the layers quantized as saved, before their weights load
+            for layer in self._flatten_layers():
+                if layer.path in quantized:
+                    layer.dtype_policy = quantized[layer.path]
 
         self.image_sizes = tuple(int(s) for s in image_sizes)
         self.patch_sizes = tuple(patch_sizes)
@@ -198,6 +305,7 @@ class CrossViT(keras.Model):
         self.fusion = fusion
         self.cls_token = cls_token
         self.identity_projections = identity_projections
+        self.remat = remat
         self.layer_dtype = dtype
 
     @property
@@ -227,10 +335,20 @@ class CrossViT(keras.Model):
             "fusion": self.fusion,
             "cls_token": self.cls_token,
             "identity_projections": self.identity_projections,
+            "remat": self.remat,
             "name": self.name,
-            "dtype": self.layer_dtype,
+            "dtype": self._dtype_config(),
             "trainable": self.trainable,
         }
+
+    def _dtype_config(self):
+        """The constructor's dtype; after `quantize`, a DTypePolicyMap of the quantized layers'
+        policies by path (as keras-hub's backbones save it): the reloaded model quantizes those
+        layers before their weights load."""
+        quantized = {layer.path: layer.dtype_policy for layer in self._flatten_layers() if layer.quantization_mode}
+        if not quantized:
+            return self.layer_dtype
+        return keras.dtype_policies.serialize(keras.dtype_policies.DTypePolicyMap(self.layer_dtype, quantized))
 
     @classmethod
     def from_config(cls, config):
@@ -268,6 +386,7 @@ def build_model(name, num_classes=1000, **overrides):
     Overrides: image_size (the small branch's input; the large branch follows the variant's ratio),
     image_sizes, embed_dims, depths, num_heads, mlp_ratios, multi_conv, qkv_bias, drop_rate,
     attn_drop_rate, proj_drop_rate, drop_path_rate, fusion, cls_token, identity_projections (the
-    ablations of crossvit_keras.ablations), dtype. num_classes=0 gives features."""
+    ablations of crossvit_keras.ablations), remat (recompute the blocks' activations in the
+    backward pass: less memory, slower training steps), dtype. num_classes=0 gives features."""
     config = configs.resolve_config(name, num_classes=num_classes, **overrides)
     return CrossViT(name=configs.canonical_name(name), **config)

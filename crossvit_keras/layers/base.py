@@ -2,17 +2,50 @@
 drop path as the paper and timm use them; the common parts of the attention layers and blocks."""
 
 import math
+import numbers
 
 import keras
 from keras import ops
 
 register = keras.saving.register_keras_serializable(package="crossvit_keras")
 
+
+def check_positive_integer(layer, name, value):
+    """A ValueError naming `name` unless `value` is an integer >= 1 (sizes, widths, heads, depths)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{type(layer).__name__}: {name} must be a positive integer, got {value!r}.")
+
+
+def check_branches(layer, name, values):
+    """A ValueError naming `name` unless `values` is two positive integers, one per branch."""
+    values = tuple(values)
+    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in values):
+        raise ValueError(
+            f"{type(layer).__name__}: {name} must be two positive integers (one per branch), got {values!r}."
+        )
+
+
+def check_rate(layer, name, value):
+    """A ValueError naming `name` unless `value` is a dropout or drop-path rate, a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{type(layer).__name__}: {name} must be a number in [0, 1), got {value!r}.")
+
+
 LAYER_NORM_EPSILON = 1e-6  # timm's and the official code's partial(nn.LayerNorm, eps=1e-6)
 
 
 def layer_norm(name, dtype):
     return LayerNorm(epsilon=LAYER_NORM_EPSILON, name=name, dtype=dtype)
+
+
+def backward_copy(output):
+    """The values of a custom-gradient function's `output`, for its backward pass to read: the same
+    buffer (ops.stop_gradient), not the returned tensor itself. Under PyTorch a backward holding its
+    function's own output makes a reference cycle through the autograd graph (output -> graph node
+    -> backward -> output) that is never freed: every training step's activations leaked. (Keras
+    calls the backward as `grad(upstream)` on TensorFlow and JAX, `grad(*inputs, upstream=...)` on
+    PyTorch: the functions below take both.)"""
+    return ops.stop_gradient(output)
 
 
 def _normalize(x, epsilon):
@@ -25,11 +58,13 @@ def _normalize(x, epsilon):
         centered = x - ops.mean(x, axis=-1, keepdims=True)
         inv = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + epsilon)
         normed = centered * inv
+        x_hat = backward_copy(normed)
 
-        def grad(upstream):
+        def grad(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream  # PyTorch: grad(x, upstream=...)
             mean_upstream = ops.mean(upstream, axis=-1, keepdims=True)
-            mean_projection = ops.mean(upstream * normed, axis=-1, keepdims=True)
-            return inv * (upstream - mean_upstream - normed * mean_projection)
+            mean_projection = ops.mean(upstream * x_hat, axis=-1, keepdims=True)
+            return inv * (upstream - mean_upstream - x_hat * mean_projection)
 
         return normed, grad
 
@@ -73,7 +108,8 @@ def gelu(x):
 
     erf = ops.erf(x * _SQRT_HALF)  # once: the backward pass reuses it
 
-    def grad(upstream):
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream  # PyTorch: grad(x, upstream=...)
         return upstream * (0.5 * (1.0 + erf) + x * ops.exp(-0.5 * ops.square(x)) * _INV_SQRT_2PI)
 
     return 0.5 * x * (1.0 + erf), grad
@@ -88,10 +124,12 @@ def attention(q, k, v):
     training step ~3% faster on the 2-core test CPU)."""
     scores = ops.softmax(ops.matmul(q, ops.swapaxes(k, -1, -2)))
     out = ops.matmul(scores, v)
+    o = backward_copy(out)
 
-    def grad(d_out):
+    def grad(*args, upstream=None):
+        d_out = args[0] if upstream is None else upstream  # PyTorch: grad(q, k, v, upstream=...)
         d_scores = ops.matmul(d_out, ops.swapaxes(v, -1, -2))
-        d_logits = scores * (d_scores - ops.sum(d_out * out, axis=-1, keepdims=True))
+        d_logits = scores * (d_scores - ops.sum(d_out * o, axis=-1, keepdims=True))
         d_q = ops.matmul(d_logits, k)
         d_k = ops.matmul(ops.swapaxes(d_logits, -1, -2), q)
         d_v = ops.matmul(ops.swapaxes(scores, -1, -2), d_out)
@@ -128,8 +166,7 @@ class DropPath(keras.layers.Layer):
 
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if not 0 <= rate < 1:
-            raise ValueError(f"DropPath rate must be in [0, 1); got {rate}.")
+        check_rate(self, "rate", rate)
         self.rate = rate
         self.seed = seed
 
@@ -167,8 +204,12 @@ class Attention(keras.layers.Layer):
 
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop_rate=0.0, proj_drop_rate=0.0, **kwargs):
         super().__init__(**kwargs)
+        check_positive_integer(self, "dim", dim)
+        check_positive_integer(self, "num_heads", num_heads)
         if dim % num_heads:
-            raise ValueError(f"num_heads={num_heads} does not divide the width dim={dim}.")
+            raise ValueError(f"{type(self).__name__}: num_heads={num_heads} does not divide the width dim={dim}.")
+        check_rate(self, "attn_drop_rate", attn_drop_rate)
+        check_rate(self, "proj_drop_rate", proj_drop_rate)
         self.dim = dim
         self.num_heads = num_heads
         self.qkv_bias = qkv_bias
@@ -194,6 +235,9 @@ class ResidualAttentionBlock(keras.layers.Layer):
         self, dim, num_heads, qkv_bias=True, attn_drop_rate=0.0, proj_drop_rate=0.0, drop_path_rate=0.0, **kwargs
     ):
         super().__init__(**kwargs)
+        check_positive_integer(self, "dim", dim)
+        check_positive_integer(self, "num_heads", num_heads)
+        check_rate(self, "drop_path_rate", drop_path_rate)
         self.dim = dim
         self.num_heads = num_heads
         self.qkv_bias = qkv_bias

@@ -19,7 +19,17 @@ fusion is linear, not quadratic, in the number of patch tokens. There is no MLP 
 import keras
 from keras import ops
 
-from crossvit_keras.layers.base import Attention, ResidualAttentionBlock, dense, gelu, layer_norm, per_token, register
+from crossvit_keras.layers.base import (
+    Attention,
+    ResidualAttentionBlock,
+    check_branches,
+    check_positive_integer,
+    dense,
+    gelu,
+    layer_norm,
+    per_token,
+    register,
+)
 
 
 @register
@@ -81,6 +91,7 @@ class Projection(keras.layers.Layer):
 
     def __init__(self, dim_out, **kwargs):
         super().__init__(**kwargs)
+        check_positive_integer(self, "dim_out", dim_out)
         self.dim_out = dim_out
         self.norm = layer_norm("norm", self.dtype_policy)
         self.fc = dense(dim_out, "fc", self.dtype_policy)
@@ -127,6 +138,9 @@ class CrossAttentionFusion(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_branches(self, "dims", dims)
+        check_branches(self, "num_heads", num_heads)
+        check_positive_integer(self, "depth", depth)
         self.dims = tuple(dims)
         self.num_heads = tuple(num_heads)
         self.depth = depth

@@ -4,7 +4,7 @@ learnable position embedding (paper Sec. 3.1)."""
 import keras
 from keras import ops
 
-from crossvit_keras.layers.base import register
+from crossvit_keras.layers.base import check_positive_integer, register
 
 # The 3-convolution stem of the dagger models (timm `PatchEmbed(multi_conv=True)`), per patch
 # size: (kernel, stride, padding, output width as a fraction of the embedding dim). ReLU between.
@@ -24,6 +24,8 @@ class PatchEmbedding(keras.layers.Layer):
 
     def __init__(self, patch_size, dim, multi_conv=False, **kwargs):
         super().__init__(**kwargs)
+        check_positive_integer(self, "patch_size", patch_size)
+        check_positive_integer(self, "dim", dim)
         if multi_conv and patch_size not in MULTI_CONV_STEMS:
             raise ValueError(
                 f"multi_conv patch embedding exists for patch sizes {sorted(MULTI_CONV_STEMS)}, not {patch_size}."
@@ -87,6 +89,8 @@ class ClassTokenPositionEmbedding(keras.layers.Layer):
 
     def __init__(self, num_patches, dim, cls_token=True, **kwargs):
         super().__init__(**kwargs)
+        check_positive_integer(self, "num_patches", num_patches)
+        check_positive_integer(self, "dim", dim)
         self.num_patches = num_patches
         self.dim = dim
         self.use_cls_token = cls_token

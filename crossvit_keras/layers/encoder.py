@@ -2,9 +2,11 @@
 small-patch branch and M on the large-patch branch, then fuses the branches. CrossViT stacks K
 such stages."""
 
+import numbers
+
 import keras
 
-from crossvit_keras.layers.base import register
+from crossvit_keras.layers.base import check_branches, check_rate, register
 from crossvit_keras.layers.cross_attention import CrossAttentionFusion
 from crossvit_keras.layers.fusions import AllAttentionFusion, ClassTokenFusion, NoFusion, PairwiseFusion
 from crossvit_keras.layers.transformer import TransformerBlock
@@ -26,7 +28,9 @@ class MultiScaleEncoder(keras.layers.Layer):
 
     `drop_path_rates[k]` is the stochastic-depth rate of the k-th block of each branch; the fusion
     takes the last one (as timm and the official code do). `cls_token` and `identity_projections`
-    are the cross-attention's ablation options (CrossAttentionFusion); the defaults are timm's model."""
+    are the cross-attention's ablation options (CrossAttentionFusion); the defaults are timm's model.
+    `remat`: in training, each block recomputes its attention's and MLP's activations in the
+    backward pass instead of keeping them (TransformerBlock)."""
 
     def __init__(
         self,
@@ -41,11 +45,25 @@ class MultiScaleEncoder(keras.layers.Layer):
         fusion="cross_attention",
         cls_token=True,
         identity_projections=False,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"Unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}.")
+        check_branches(self, "dims", dims)
+        integers = all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in depth)
+        if len(depth) != 3 or not integers or min(depth) < 0 or depth[2] < 1:
+            raise ValueError(f"MultiScaleEncoder: depth must be (N, M, L), integers N, M >= 0, L >= 1; got {depth!r}.")
+        if len(mlp_ratios) != 2:
+            raise ValueError(f"MultiScaleEncoder: mlp_ratios needs one value per branch (2), got {mlp_ratios!r}.")
+        if len(drop_path_rates) < max(1, *depth[:2]):
+            raise ValueError(
+                f"MultiScaleEncoder: drop_path_rates needs one rate per block of the deeper branch "
+                f"({max(1, *depth[:2])}), got {drop_path_rates!r}."
+            )
+        for rate in drop_path_rates:
+            check_rate(self, "drop_path_rates", rate)
         self.dims = tuple(dims)
         self.depth = tuple(depth)
         self.num_heads = tuple(num_heads)
@@ -57,6 +75,7 @@ class MultiScaleEncoder(keras.layers.Layer):
         self.fusion_name = fusion
         self.cls_token = cls_token
         self.identity_projections = identity_projections
+        self.remat = remat
         options = {}  # only the cross-attention has them: the other fusions never see them
         if not cls_token or identity_projections:
             if fusion != "cross_attention":
@@ -75,6 +94,7 @@ class MultiScaleEncoder(keras.layers.Layer):
                     attn_drop_rate,
                     proj_drop_rate,
                     self.drop_path_rates[k],
+                    remat=remat,
                     name=f"blocks_{b}_{k}",
                     dtype=dtype,
                 )
@@ -127,4 +147,5 @@ class MultiScaleEncoder(keras.layers.Layer):
             "fusion": self.fusion_name,
             "cls_token": self.cls_token,
             "identity_projections": self.identity_projections,
+            "remat": self.remat,
         }

@@ -20,7 +20,7 @@ import math
 import keras
 from keras import ops
 
-from crossvit_keras.layers.base import ResidualAttentionBlock, register
+from crossvit_keras.layers.base import ResidualAttentionBlock, check_branches, check_positive_integer, register
 from crossvit_keras.layers.cross_attention import Projection
 from crossvit_keras.layers.transformer import MultiHeadSelfAttention
 
@@ -61,6 +61,9 @@ class Fusion(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_branches(self, "dims", dims)
+        check_branches(self, "num_heads", num_heads)
+        check_positive_integer(self, "depth", depth)
         self.dims = tuple(dims)
         self.num_heads = tuple(num_heads)
         self.depth = depth

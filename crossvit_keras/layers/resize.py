@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from crossvit_keras.layers.base import register
+from crossvit_keras.layers.base import check_positive_integer, register
 
 CUBIC_A = -0.75  # PyTorch's (and OpenCV's) cubic convolution coefficient
 
@@ -50,6 +50,10 @@ class BicubicResize(keras.layers.Layer):
 
     def __init__(self, size, **kwargs):
         super().__init__(**kwargs)
+        if len(size) != 2:
+            raise ValueError(f"BicubicResize: size must be (height, width), got {size!r}.")
+        for value in size:
+            check_positive_integer(self, "size", value)
         self.size = tuple(int(s) for s in size)
 
     def build(self, input_shape):

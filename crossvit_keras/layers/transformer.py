@@ -2,7 +2,12 @@
 
 x = x + DropPath(MultiHeadSelfAttention(LayerNorm(x)))
 x = x + DropPath(MLP(LayerNorm(x)))
+
+With `remat=True`, training recomputes each residual branch's activations in the backward pass.
 """
+
+import math
+import numbers
 
 import keras
 from keras import ops
@@ -11,6 +16,8 @@ from crossvit_keras.layers.base import (
     Attention,
     ResidualAttentionBlock,
     attention,
+    check_positive_integer,
+    check_rate,
     dense,
     gelu,
     layer_norm,
@@ -66,6 +73,9 @@ class MLP(keras.layers.Layer):
 
     def __init__(self, dim, hidden_dim, drop_rate=0.0, **kwargs):
         super().__init__(**kwargs)
+        check_positive_integer(self, "dim", dim)
+        check_positive_integer(self, "hidden_dim", hidden_dim)
+        check_rate(self, "drop_rate", drop_rate)
         self.dim = dim
         self.hidden_dim = hidden_dim
         self.drop_rate = drop_rate
@@ -113,10 +123,22 @@ class TransformerBlock(ResidualAttentionBlock):
         attn_drop_rate=0.0,
         proj_drop_rate=0.0,
         drop_path_rate=0.0,
+        remat=False,
         **kwargs,
     ):
         super().__init__(dim, num_heads, qkv_bias, attn_drop_rate, proj_drop_rate, drop_path_rate, **kwargs)
+        if remat and (attn_drop_rate or proj_drop_rate):  # the recomputation would draw other dropout masks
+            raise ValueError(
+                f"remat=True needs attn_drop_rate = proj_drop_rate = 0, got {attn_drop_rate} and {proj_drop_rate}."
+            )
+        ratio_ok = isinstance(mlp_ratio, numbers.Real) and not isinstance(mlp_ratio, bool) and 0 < mlp_ratio < math.inf
+        if not ratio_ok or int(dim * mlp_ratio) < 1:
+            raise ValueError(
+                f"TransformerBlock: mlp_ratio must be a positive number with a hidden width int(dim * mlp_ratio) "
+                f">= 1, got {mlp_ratio!r} (dim {dim})."
+            )
         self.mlp_ratio = mlp_ratio
+        self.remat = remat
         self.norm2 = layer_norm("norm2", self.dtype_policy)
         self.mlp = MLP(dim, int(dim * mlp_ratio), proj_drop_rate, name="mlp", dtype=self.dtype_policy)
 
@@ -126,11 +148,22 @@ class TransformerBlock(ResidualAttentionBlock):
             layer.build(input_shape)
 
     def call(self, x, training=None):
-        x = x + self.drop_path(self.attn(self.norm1(x), training=training), training=training)
-        return x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
+        def attention(x):
+            return self.attn(self.norm1(x), training=training)
+
+        def mlp(x):
+            return self.mlp(self.norm2(x), training=training)
+
+        if self.remat and training:
+            # Activation rematerialisation: only each branch's input is kept for the backward pass,
+            # which recomputes the rest (keras.remat; with TensorFlow, tf.recompute_grad). DropPath
+            # stays outside, so its per-sample mask is drawn once.
+            attention, mlp = keras.remat(attention), keras.remat(mlp)
+        x = x + self.drop_path(attention(x), training=training)
+        return x + self.drop_path(mlp(x), training=training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
     def get_config(self):
-        return {**super().get_config(), "mlp_ratio": self.mlp_ratio}
+        return {**super().get_config(), "mlp_ratio": self.mlp_ratio, "remat": self.remat}
