@@ -13,6 +13,18 @@ measured), and reports training img/s; inference is `model.predict` at batch 64 
 paper's Table 2 setting: CrossViT-15 at 640 img/s on one V100). XLA on under MirroredStrategy uses
 the per-replica split of `crossvit_keras.training.compat.MirroredXLA`.
 
+Does the input pipeline starve the GPUs? Training (`fit`) is measured once per `--gpu-inputs`:
+`synthetic` (the batch above), and the real training pipeline (crossvit_keras.data.train_dataset
+with DeiT's augmentation: random resized crop, flip, RandAugment rand-m9-mstd0.5-inc1, random
+erasing 0.25, Mixup 0.8 / CutMix 1.0, smoothing 0.1) reading a folder of JPEGs (`--data-path`,
+default: held-out photographs with ImageNet's spread of sizes made in a temporary folder) with the
+batch augmentations on the host (`host`) or in the training step on the device (`accelerator`),
+and reading prepared shards of that folder (`shards`, written by `crossvit-keras prepare` to a
+temporary folder, augmentations on the device). Every fit case keeps one iterator over its data
+across the rounds (as Keras' fit does across epochs), and the report gives each real input's
+img/s over the synthetic one's on the same devices: near 1.0 the pipeline keeps up; well below,
+it starves them (more CPU cores, prepared shards, the accelerator mode, or tf.data service workers).
+
 With `--reference` and a reference python whose torch sees CUDA, timm's same variant runs side by
 side on one GPU (eager, torch.autocast for the mixed dtypes with a GradScaler for float16, timed
 with torch.cuda.synchronize), in alternating rounds; timm has no XLA, so its figure is the same
@@ -29,12 +41,15 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import common
 
 DTYPES = ("float32", "mixed_bfloat16", "mixed_float16")
 TASKS = ("fit", "predict")
+INPUTS = ("synthetic", "host", "accelerator", "shards")  # what fit trains on (predict: synthetic)
+CLASSES = 1000  # the model's head, whatever the folder's classes (their labels are below 1000)
 PAPER_INFERENCE = "the paper (Table 2): crossvit_15 inference 640 img/s on one V100 at batch 64"
 GPU_BATCH = {"fit": 128, "predict": 64}  # per GPU: the paper's training recipe and Table 2
 CPU_BATCH = 4
@@ -64,15 +79,27 @@ class KerasGpuRunner:
             else:
                 model.compile(jit_compile=jit)
         size = model.image_size
-        images = common.random_images(np, batch, size)
-        labels = common.one_hot_labels(np, batch)
-        data = tf.data.Dataset.from_tensors((images, labels) if task == "fit" else images)
-        data = data.repeat().prefetch(tf.data.AUTOTUNE)
         self.marks = {}
         clock = common.clock_callback(keras, self.marks)
         if task == "fit":
-            self._run = lambda: model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[clock()])
+            # one step on synthetic (normalised float) images builds the optimizer and the metrics
+            synthetic = training_data(strategy, {**spec, "input": "synthetic"}, size, model)
+            model.fit(synthetic, steps_per_epoch=1, epochs=1, verbose=0)
+            data = training_data(strategy, spec, size, model)
+            model.make_train_function(force=True)  # with the device augmentations if installed
+            iterator = iter(data)  # one pipeline for all rounds, as fit keeps it across epochs
+
+            def run():
+                self.marks["begin"] = time.perf_counter()
+                for _ in range(steps):
+                    logs = model.train_function(iterator)
+                float(logs["loss"])  # waits for the last step
+                self.marks["end"] = time.perf_counter()
+
+            self._run = run
         else:
+            data = tf.data.Dataset.from_tensors(common.random_images(np, batch, size)).repeat()
+            data = data.prefetch(tf.data.AUTOTUNE)
             self._run = lambda: model.predict(data, steps=steps, verbose=0, callbacks=[clock()])
         self.info = {
             "params": model.count_params(),
@@ -82,6 +109,38 @@ class KerasGpuRunner:
         }
 
     run = common.KerasRunner.run
+
+
+def training_data(strategy, spec, image_size, model):
+    """The fit case's distributed data: one synthetic global batch repeated, or the training
+    pipeline over spec["data_path"] (a folder) or spec["shards_path"] (prepared shards); with
+    input "accelerator" or "shards" the batch augmentations become the first stage of the
+    model's train step."""
+    import numpy as np
+    import tensorflow as tf
+
+    batch, kind = spec["batch_size"], spec["input"]
+    if kind == "synthetic":
+        images, labels = common.random_images(np, batch, image_size), common.one_hot_labels(np, batch, CLASSES)
+        data = tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(tf.data.AUTOTUNE)
+        return strategy.experimental_distribute_dataset(data)
+    from crossvit_keras import data as pipelines
+
+    on_device = kind in ("accelerator", "shards")
+    source = ("shards", spec["shards_path"]) if kind == "shards" else ("IMNET", spec["data_path"])
+    split = pipelines.open_dataset(*source, splits=("train",)).train
+    mixup = pipelines.augment.MixupCutmix(CLASSES)  # DeiT's: Mixup 0.8, CutMix 1.0, smoothing 0.1
+    if on_device:
+        pipelines.augment_on_device(model, pipelines.device_augment(mixup=mixup))
+
+    def make(context):
+        per_replica = context.get_per_replica_batch_size(batch)
+        aug_device = "accelerator" if on_device else "host"
+        return pipelines.train_dataset(
+            split, image_size, per_replica, CLASSES, mixup=mixup, input_context=context, aug_device=aug_device
+        )
+
+    return strategy.distribute_datasets_from_function(make)
 
 
 class TimmGpuRunner:
@@ -161,6 +220,15 @@ def build_parser():
     parser.add_argument("--gpu-tasks", default=",".join(TASKS), help="fit,predict (default both)")
     parser.add_argument("--gpu-xla", default="off,on", help="off,on (default both)")
     parser.add_argument("--gpu-batch-size", type=int, help="per-device batch (default fit 128, predict 64; CPU 4)")
+    parser.add_argument(
+        "--gpu-inputs",
+        default=",".join(INPUTS),
+        help="what fit trains on: synthetic, host, accelerator, shards (default all; predict: synthetic)",
+    )
+    parser.add_argument(
+        "--data-path", help="a DeiT-layout folder of JPEGs for the real inputs (default: held-out photographs)"
+    )
+    parser.add_argument("--images", type=int, default=512, help="photographs to make without --data-path")
     common.add_rounds_arguments(parser)
     common.add_reference_arguments(parser)
     common.add_keras_env_argument(parser)
@@ -213,6 +281,7 @@ def row(result):
     cells = [
         n or "CPU",
         result["task"],
+        result["input"],
         result["dtype"],
         f"{result['xla']} ({'on' if result['infos']['keras']['xla'] else 'off'})",
         result["batch_size"],
@@ -222,6 +291,50 @@ def row(result):
         "-" if timm_rate is None else f"{keras_rate / timm_rate:.2f}",
     ]
     return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def starvation_lines(results, on_gpus=True):
+    """Each real input's img/s over the synthetic data's in the same setting (GPUs, dtype, XLA);
+    for `accelerator` and `shards` the step also runs the batch augmentations."""
+    synthetic = {
+        (r["gpus"], r["dtype"], r["xla"]): r["median"]["keras"]
+        for r in results
+        if r["task"] == "fit" and r["input"] == "synthetic"
+    }
+    lines = []
+    for r in results:
+        key = (r["gpus"], r["dtype"], r["xla"])
+        if r["task"] != "fit" or r["input"] == "synthetic" or key not in synthetic:
+            continue
+        ratio = r["median"]["keras"] / synthetic[key]
+        r["real_over_synthetic"] = ratio
+        verdict = "keeps up" if ratio >= 0.9 else "starves the device"
+        lines.append(
+            f"- {key[0] or 'CPU'} x {key[1]} xla={key[2]}: {r['input']} pipeline {r['median']['keras']:.1f} img/s = "
+            f"{ratio:.2f} x synthetic" + (f": the input pipeline {verdict}" if on_gpus else "")
+        )
+    if lines and not on_gpus:
+        lines.append("(no GPU: the pipeline and the model share the CPU's cores, so these ratios are no GPU figure)")
+    return ["", "Real input / synthetic (fit):", *lines] if lines else []
+
+
+def prepare_inputs(args, inputs, scratch):
+    """The folder of JPEGs (args.data_path or held-out photographs) and, for `shards`, its shards."""
+    paths = {"data_path": args.data_path, "shards_path": None}
+    if not set(inputs) - {"synthetic"}:
+        return paths
+    if not args.data_path:
+        from crossvit_keras.data.samples import make_photo_folder
+
+        common.log(f"making {args.images} held-out photographs (300-900 px) in {scratch}")
+        paths["data_path"] = make_photo_folder(os.path.join(scratch, "photos"), num_images=args.images)
+    if "shards" in inputs:
+        from crossvit_keras.data.shards import prepare_shards
+
+        paths["shards_path"] = os.path.join(scratch, "shards")
+        common.log(f"preparing shards of {paths['data_path']} in {paths['shards_path']}")
+        prepare_shards("IMNET", paths["data_path"], paths["shards_path"], splits=("train",))
+    return paths
 
 
 def main(argv=None):
@@ -235,6 +348,7 @@ def main(argv=None):
         dtypes = choices(args.gpu_dtypes, DTYPES, "--gpu-dtypes")
         tasks = choices(args.gpu_tasks, TASKS, "--gpu-tasks")
         xla_modes = choices(args.gpu_xla, ("off", "on"), "--gpu-xla")
+        inputs = choices(args.gpu_inputs, INPUTS, "--gpu-inputs")
         available = count_gpus()
         counts = gpu_counts(args.gpu_counts, available) if available else [0]
     except ValueError as error:
@@ -246,24 +360,36 @@ def main(argv=None):
     reference = args.reference and available and torch_has_cuda(args.reference_python)
     if args.reference and not reference:
         common.log("--reference: timm runs only on a GPU here (torch with CUDA); skipped")
-    cases = [(n, t, d, x) for n in counts for t in tasks for d in dtypes for x in xla_modes]
+    fit_inputs = inputs if "fit" in tasks else []
+    cases = [
+        (n, t, d, x, i)
+        for n in counts
+        for t in tasks
+        for d in dtypes
+        for x in xla_modes
+        for i in (fit_inputs if t == "fit" else ["synthetic"])
+    ]
+    scratch = tempfile.TemporaryDirectory(prefix="crossvit-gpu-bench-")
+    paths = prepare_inputs(args, fit_inputs, scratch.name)
     results = []
-    for index, (n, task, dtype, xla) in enumerate(cases, 1):
+    for index, (n, task, dtype, xla, source) in enumerate(cases, 1):
         per_device = args.gpu_batch_size or (GPU_BATCH[task] if n else CPU_BATCH)
         spec = {
             "model": model,
             "gpus": n,
             "task": task,
+            "input": source,
+            **paths,
             "dtype": dtype,
             "xla": xla,
             "batch_size": per_device * max(n, 1),
             "steps": args.steps,
             "warmup": args.warmup,
         }
-        label = f"[{index}/{len(cases)}] {n or 'CPU'} x {task} {dtype} xla={xla} batch {spec['batch_size']}"
+        label = f"[{index}/{len(cases)}] {n or 'CPU'} x {task} {source} {dtype} xla={xla} batch {spec['batch_size']}"
         common.log(f"{label}: building and warming up")
         workers = {"keras": common.Worker("keras-gpu", spec, sys.executable, __file__, env=args.keras_env)}
-        if reference and n == 1:
+        if reference and n == 1 and source == "synthetic":
             workers["timm"] = common.Worker("timm-gpu", spec, args.reference_python, __file__)
         try:
             results.append({**common.measure_case(spec, args, label, workers=workers), "gpus": n})
@@ -274,12 +400,15 @@ def main(argv=None):
         f"### {model} under MirroredStrategy, {where}; {args.rounds} rounds of {args.steps} batches "
         f"after {args.warmup} warm-up",
         "",
-        "| GPUs | task | dtype | XLA | global batch | Keras img/s | per device | timm img/s (1 GPU) | Keras/timm |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| GPUs | task | input | dtype | XLA | global batch | Keras img/s | per device | timm img/s (1 GPU) "
+        "| Keras/timm |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
         *map(row, results),
+        *starvation_lines(results, on_gpus=bool(available)),
         "",
         f"For comparison, {PAPER_INFERENCE}.",
     ]
+    scratch.cleanup()
     if results:
         versions = {kind: info["version"] for kind, info in results[0]["infos"].items()}
         lines.append("Versions: " + "; ".join(versions.values()) + ".")

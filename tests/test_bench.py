@@ -71,7 +71,7 @@ def test_gpu_benchmark_on_a_machine_without_gpu_measures_the_cpu(capsys):
     out, err = capsys.readouterr()
     assert "no GPU found: measuring the CPU" in err
     assert "no GPU: the CPU" in out
-    assert re.search(r"^\| CPU \| predict \| float32 \| off \(off\) \| 4 \| [0-9.]+ \|", out, re.M), out
+    assert re.search(r"^\| CPU \| predict \| synthetic \| float32 \| off \(off\) \| 4 \| [0-9.]+ \|", out, re.M), out
 
 
 def test_gpu_counts_default_to_powers_of_two_and_all():

@@ -15,6 +15,8 @@ SUBCOMMANDS = {
     "export": ("export", "export to a SavedModel for TF Serving, or to ONNX, OpenVINO or LiteRT"),
     "predict": ("predict", "print the top classes of image files"),
     "visualize": ("visualize", "draw the patch-token features (Fig. 5) or the cross-attention maps of an image"),
+    "prepare": ("prepare", "write an image folder or a tfds dataset as TFRecord shards of bounded-size JPEGs"),
+    "data-service": ("data_service", "start a tf.data service dispatcher or worker that runs the training input"),
 }
 
 

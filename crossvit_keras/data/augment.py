@@ -1,19 +1,20 @@
 """The training augmentations of DeiT and the paper (Table 9), in TensorFlow ops for tf.data.
 
 Per image (timm's `transforms_imagenet_train`, in this order):
-  random_resized_crop -> random_flip -> RandAugment (keras-cv) -> normalize -> random_erasing
+  random_resized_crop -> random_flip -> RandAugment -> normalize -> random_erasing
 Per batch: MixupCutmix, which also turns the integer labels into smoothed one-hot targets.
 
-The random choices follow timm's code (same ranges, same rounding, same fall-backs); only the random
-numbers differ. RandAugment is keras-cv's: `rand_augment(aa)` maps timm's config string onto it.
+This module has the per-image steps up to the flip (`decode_random_crop`, `random_flip`, on the
+host) and the random choices of the rest; RandAugment, random erasing, Mixup/CutMix and the
+normalisation run vectorised over a batch (crossvit_keras.data.batch_augment), in tf.data or on
+the accelerator. The random choices follow timm's code (same ranges, same rounding, same
+fall-backs); only the random numbers differ.
 """
 
 import math
 import re
 
 import tensorflow as tf
-
-from crossvit_keras.data.preprocessing import fixed_size_normalizer
 
 # timm's RandomResizedCropAndInterpolation and RandomErasing try this many random boxes.
 ATTEMPTS = 10
@@ -64,8 +65,8 @@ def decode_random_crop(contents, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
 
     JPEGs decode only the crop window (tf.image.decode_and_crop_jpeg, the fast path for ImageNet);
     other formats are decoded whole, then cropped. The crop is resized with an antialiased bicubic
-    (PIL's, as timm uses) and clipped to [0, 255], since bicubic overshoots and keras-cv's
-    RandAugment fails on values outside its value range."""
+    (PIL's, as timm uses) and clipped to [0, 255], since bicubic overshoots (PIL's uint8 images
+    saturate the same way)."""
 
     def jpeg():
         shape = tf.image.extract_jpeg_shape(contents)
@@ -83,6 +84,12 @@ def decode_random_crop(contents, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     return tf.clip_by_value(crop, 0.0, 255.0)
 
 
+def decode_crop_flip(contents, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5):
+    """The host's per-image work: encoded bytes -> random resized crop, random horizontal flip,
+    uint8 [size, size, 3] (rounded, as PIL's images are)."""
+    return random_flip(tf.cast(tf.round(decode_random_crop(contents, size, scale, ratio)), tf.uint8), hflip)
+
+
 def random_flip(image, probability=0.5):
     """Horizontal flip of an [H, W, C] image with the given probability."""
     if probability <= 0:
@@ -92,14 +99,12 @@ def random_flip(image, probability=0.5):
 
 
 def parse_rand_augment(config):
-    """timm's RandAugment string (e.g. 'rand-m9-mstd0.5-inc1') -> keras-cv RandAugment arguments,
-    or None for '' / 'none'.
+    """timm's RandAugment string (e.g. 'rand-m9-mstd0.5-inc1') -> its arguments in timm's units
+    {num_layers, magnitude, magnitude_std, prob}, or None for '' / 'none'.
 
-    m (magnitude, 0-10, default 10) -> magnitude m/10; mstd (std of the magnitude noise, in the same
-    0-10 units) -> magnitude_stddev mstd/10; n (ops per image, default 2) -> augmentations_per_image;
-    p (the probability of applying each chosen op, default 0.5 as in timm) -> rate. inc1 (timm's
-    "increasing" ops, whose strength grows with the magnitude) is what keras-cv's ops do anyway;
-    inc0 is refused, keras-cv has no counterpart."""
+    m: magnitude, 0-10 (default 10); mstd: standard deviation of the magnitude noise (default 0);
+    n: ops per image (default 2); p: probability of applying each chosen op (default 0.5);
+    inc1: timm's "increasing" ops, whose strength grows with the magnitude (the only set implemented)."""
     if config is None or config.strip().lower() in ("", "none"):
         return None
     parts = config.strip().split("-")
@@ -107,7 +112,7 @@ def parse_rand_augment(config):
         raise ValueError(
             f"--aa {config!r}: only RandAugment strings like 'rand-m9-mstd0.5-inc1' (or 'none') are supported."
         )
-    args = {"augmentations_per_image": 2, "magnitude": 1.0, "magnitude_stddev": 0.0, "rate": 0.5}
+    args = {"num_layers": 2, "magnitude": 10.0, "magnitude_std": 0.0, "prob": 0.5}
     for part in parts[1:]:
         match = re.fullmatch(r"(mstd|inc|m|n|p)(\d+(?:\.\d*)?)", part)
         if not match:
@@ -118,31 +123,18 @@ def parse_rand_augment(config):
         if key == "m":
             if value > 10:
                 raise ValueError(f"--aa {config!r}: magnitude m must be in 0..10, got {value:g}.")
-            args["magnitude"] = value / 10
+            args["magnitude"] = value
         elif key == "mstd":
-            args["magnitude_stddev"] = min(value / 10, 1.0)
+            args["magnitude_std"] = value
         elif key == "n":
-            args["augmentations_per_image"] = int(value)
+            args["num_layers"] = int(value)
         elif key == "p":
             if value > 1:
                 raise ValueError(f"--aa {config!r}: probability p must be in [0, 1], got {value:g}.")
-            args["rate"] = value
+            args["prob"] = value
         elif key == "inc" and value != 1:
-            raise ValueError(f"--aa {config!r}: only inc1 is available (keras-cv's ops all increase with m).")
+            raise ValueError(f"--aa {config!r}: only inc1 (timm's increasing ops) is available.")
     return args
-
-
-def rand_augment(config, seed=None):
-    """keras-cv's RandAugment layer for timm's config string, on [0, 255] images; None for 'none'.
-
-    keras-cv's policy has 10 ops (auto-contrast, equalize, solarize, colour, contrast, brightness,
-    shear x/y, translate x/y); timm's has also rotate, posterize, sharpness and solarize-add."""
-    args = parse_rand_augment(config)
-    if args is None:
-        return None
-    import keras_cv  # heavy import (about 8 s): only when RandAugment is used
-
-    return keras_cv.layers.RandAugment(value_range=(0, 255), seed=seed, **args)
 
 
 def random_erasing(image, probability=0.25, min_area=0.02, max_area=1 / 3, min_aspect=0.3):
@@ -174,35 +166,33 @@ def random_erasing(image, probability=0.25, min_area=0.02, max_area=1 / 3, min_a
     return tf.cond(apply, erase, lambda: image)
 
 
-def train_image_transform(
-    size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, aa="rand-m9-mstd0.5-inc1", reprob=0.25, seed=None
-):
-    """The per-image training transform after the decode+crop: a function [size, size, 3] float
-    RGB in [0, 255] -> normalised float32, with flip, RandAugment and random erasing."""
-    augmenter = rand_augment(aa, seed=seed)
-    normalize = fixed_size_normalizer((size, size, 3))
-
-    def transform(image):
-        image = random_flip(image, hflip)
-        if augmenter is not None:
-            image = augmenter(image)
-            image.set_shape([size, size, 3])
-        image = normalize(image)
-        return random_erasing(image, reprob)
-
-    return transform
-
-
 def smooth_one_hot(labels, num_classes, smoothing=0.0):
     """timm's one_hot with label smoothing: off = smoothing / K, on = 1 - smoothing + off."""
     off = smoothing / num_classes
     return tf.one_hot(labels, num_classes, on_value=1.0 - smoothing + off, off_value=off)
 
 
+def sample_gamma(alpha, shape, attempts=16):
+    """Gamma(alpha, 1) samples by Marsaglia and Tsang's method with `attempts` proposals drawn at once
+    (the first accepted is kept; all rejected has probability below 0.05 ** attempts), in ops that
+    XLA compiles (tf.random.gamma has no XLA kernel). alpha < 1: Gamma(alpha + 1) * U ** (1 / alpha)."""
+    boost = alpha < 1
+    d = (alpha + 1.0 if boost else alpha) - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    x = tf.random.normal([*shape, attempts])
+    v = (1.0 + c * x) ** 3
+    log_u = tf.math.log(tf.random.uniform([*shape, attempts]))
+    accepted = (v > 0) & (log_u < 0.5 * x * x + d - d * v + d * tf.math.log(tf.maximum(v, 1e-30)))
+    first = tf.argmax(tf.cast(accepted, tf.int32), axis=-1, output_type=tf.int32)
+    samples = tf.gather(d * v, first, batch_dims=len(shape))
+    if boost:
+        samples *= tf.random.uniform(shape) ** (1.0 / alpha)
+    return samples
+
+
 def _sample_beta(alpha):
     """Beta(alpha, alpha) from two gammas."""
-    x = tf.random.gamma([], alpha)
-    y = tf.random.gamma([], alpha)
+    x, y = tf.unstack(sample_gamma(alpha, [2]))
     return x / (x + y)
 
 
@@ -236,7 +226,7 @@ class MixupCutmix:
     def active(self):
         return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
 
-    def _params(self):
+    def params(self):
         """(lam, use_cutmix) for one batch: timm's Mixup._params_per_batch."""
         mix = tf.random.uniform([]) < self.prob
         if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
@@ -268,7 +258,7 @@ class MixupCutmix:
         targets = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
         if not self.active:
             return images, targets
-        lam, use_cutmix = self._params()
+        lam, use_cutmix = self.params()
         flipped = tf.reverse(images, axis=[0])
 
         def cutmix():

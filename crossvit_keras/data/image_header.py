@@ -14,10 +14,22 @@ The formats are those tf.io.decode_image reads, with the header fields its decod
     WebP  the first chunk: VP8 (lossy: 14-bit sizes after the key frame's start code), VP8L
           (lossless: 14-bit sizes minus one) or VP8X (extended: 24-bit canvas sizes minus one);
           complete if the file is as long as its RIFF header says
+
+`problem` turns these readings into the one-line reason an image is refused (an empty string when
+it is not): what the SavedModel's `serving_bytes`, `crossvit-keras predict` and `visualize` say.
+`size_problem` is its cheap form for the input pipelines, which only need the pixel limit: a
+JPEG's size comes from libjpeg's header reading and the others' from their first bytes.
 """
+
+import functools
 
 import tensorflow as tf
 
+# The largest image that is decoded, in pixels (width x height, from the header): a 40 MP image took
+# 1.0 GB to decode and resize (tools/memory_bounds.py); a small file of larger dimensions is a
+# decompression bomb.
+# serving_bytes, predict, visualize and the input pipelines refuse larger ones undecoded.
+DEFAULT_MAX_PIXELS = 40_000_000
 FORMATS = ("unknown", "JPEG", "PNG", "GIF", "BMP", "WebP")  # the codes `read_header` returns, in order
 UNKNOWN, JPEG, PNG, GIF, BMP, WEBP = range(len(FORMATS))
 # A JPEG's markers before its first scan: APPn, DQT, DHT, SOF, ... (a few tens in real files; ICC
@@ -124,47 +136,98 @@ def _webp(raw, length):
     return tf.where(ok, height, -1), tf.where(ok, width, -1), complete
 
 
+def _head(data, size=_PAD):
+    """The first `size` bytes of a string scalar, padded with zero bytes to `size` (a string scalar)."""
+    return tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, size), b"\0" * size]), 0, size)
+
+
+def _starts_string(head, prefix, offset=0):
+    return tf.equal(tf.strings.substr(head, offset, len(prefix)), prefix)
+
+
+def _format(head, length):
+    """The format code from the magic bytes at the `_head` of the data (string comparisons: cheaper
+    than on decoded bytes)."""
+    is_format = [
+        tf.logical_and(_starts_string(head, b"\xff\xd8\xff"), length >= 4),
+        _starts_string(head, b"\x89PNG\r\n\x1a\n"),
+        tf.logical_or(_starts_string(head, b"GIF87a"), _starts_string(head, b"GIF89a")),
+        _starts_string(head, b"BM"),
+        tf.logical_and(_starts_string(head, b"RIFF"), _starts_string(head, b"WEBP", 8)),
+    ]
+    return tf.reduce_max(tf.where(is_format, tf.range(1, len(FORMATS)), 0))
+
+
+def _png(raw, length, check_end=True):
+    ok = tf.logical_and(length >= 24, _starts_with(raw, b"IHDR", 12))
+    complete = _contains(raw, b"IEND", 33, length) if check_end else tf.constant(True)
+    return (
+        tf.where(ok, _unsigned(raw, 20, 4, big_endian=True), -1),
+        tf.where(ok, _unsigned(raw, 16, 4, big_endian=True), -1),
+        complete,
+    )
+
+
+def _gif(raw, length):
+    ok = length >= 10
+    return (
+        tf.where(ok, _unsigned(raw, 8, 2, big_endian=False), -1),
+        tf.where(ok, _unsigned(raw, 6, 2, big_endian=False), -1),
+        tf.constant(True),
+    )
+
+
+def _bmp(raw, length):
+    ok = length >= 26
+    return (
+        tf.where(ok, tf.abs(_signed32_le(raw, 22)), -1),
+        tf.where(ok, _signed32_le(raw, 18), -1),
+        length >= _unsigned(raw, 2, 4, big_endian=False),
+    )
+
+
+def _unknown(raw, length):
+    return tf.constant(-1, tf.int64), tf.constant(-1, tf.int64), tf.constant(False)
+
+
+def _padded(data):
+    return tf.concat([tf.io.decode_raw(data, tf.uint8), tf.zeros([_PAD], tf.uint8)], axis=0)
+
+
 def read_header(data):
     """(format, height, width, complete) of an encoded image (a string scalar), from its bytes:
     format an int32 code (FORMATS[code] names it; UNKNOWN for none of the five), height and width
     int64 (-1 when the header is damaged or cut short), complete a bool (the file's end is there,
     as far as its format tells; GIF's is not checked). Nothing is decoded."""
-    raw = tf.concat([tf.io.decode_raw(data, tf.uint8), tf.zeros([_PAD], tf.uint8)], axis=0)
+    raw = _padded(data)
     length = tf.cast(tf.strings.length(data), tf.int64)
-    is_format = [
-        tf.logical_and(_starts_with(raw, b"\xff\xd8\xff"), length >= 4),
-        _starts_with(raw, b"\x89PNG\r\n\x1a\n"),
-        tf.logical_or(_starts_with(raw, b"GIF87a"), _starts_with(raw, b"GIF89a")),
-        _starts_with(raw, b"BM"),
-        tf.logical_and(_starts_with(raw, b"RIFF"), _starts_with(raw, b"WEBP", 8)),
-    ]
-    code = tf.reduce_max(tf.where(is_format, tf.range(1, len(FORMATS)), 0))
-    jpeg = _jpeg(raw, length)
-    png_ok = tf.logical_and(length >= 24, _starts_with(raw, b"IHDR", 12))
-    png = (
-        tf.where(png_ok, _unsigned(raw, 20, 4, big_endian=True), -1),
-        tf.where(png_ok, _unsigned(raw, 16, 4, big_endian=True), -1),
-        _contains(raw, b"IEND", 33, length),
-    )
-    gif_ok = length >= 10
-    gif = (
-        tf.where(gif_ok, _unsigned(raw, 8, 2, big_endian=False), -1),
-        tf.where(gif_ok, _unsigned(raw, 6, 2, big_endian=False), -1),
-        tf.constant(True),
-    )
-    bmp_ok = length >= 26
-    bmp = (
-        tf.where(bmp_ok, tf.abs(_signed32_le(raw, 22)), -1),
-        tf.where(bmp_ok, _signed32_le(raw, 18), -1),
-        length >= _unsigned(raw, 2, 4, big_endian=False),
-    )
-    unknown = (tf.constant(-1, tf.int64), tf.constant(-1, tf.int64), tf.constant(False))
-    # the five readings are cheap, so all are made and the format's is picked
-    height, width, complete = (
-        tf.gather(tf.stack([unknown[i], jpeg[i], png[i], gif[i], bmp[i], _webp(raw, length)[i]]), code)
-        for i in range(3)
-    )
+    code = _format(_head(data), length)
+    # only the format's reader runs (the JPEG walk and the search for the end cost most)
+    readers = (_unknown, _jpeg, _png, _gif, _bmp, _webp)
+    height, width, complete = tf.switch_case(code, [functools.partial(f, raw, length) for f in readers])
     return code, height, width, complete
+
+
+def _size(data, head, length, code):
+    """(height, width) of an image of format `code`: see read_size."""
+    raw = _padded(head)
+
+    def jpeg(raw, length):
+        shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+        return shape[0], shape[1], tf.constant(True)
+
+    readers = (_unknown, jpeg, functools.partial(_png, check_end=False), _gif, _bmp, _webp)
+    height, width, _ = tf.switch_case(code, [functools.partial(f, raw, length) for f in readers])
+    return height, width
+
+
+def read_size(data):
+    """(format, height, width) as `read_header` reads them, at a fraction of its cost (for the input
+    pipelines): a JPEG's from libjpeg's reading of its header (tf.image.extract_jpeg_shape, which
+    raises an error on a damaged one), the other formats' from their first bytes. The end is not read."""
+    head, length = _head(data), tf.cast(tf.strings.length(data), tf.int64)
+    code = _format(head, length)
+    return (code, *_size(data, head, length, code))
 
 
 def hex_prefix(data, count=16):
@@ -172,3 +235,81 @@ def hex_prefix(data, count=16):
     error message (raw bytes there are not UTF-8, which TensorFlow's Python client and JSON need)."""
     raw = tf.io.decode_raw(tf.strings.substr(data, 0, tf.minimum(count, tf.strings.length(data))), tf.uint8)
     return tf.strings.reduce_join(tf.gather(tf.constant(_HEX), tf.cast(raw, tf.int32)), separator=" ")
+
+
+def _animated(head, code):
+    flags = tf.io.decode_raw(tf.strings.substr(head, 20, 1), tf.uint8)[0]
+    extended = tf.logical_and(tf.equal(code, WEBP), _starts_string(head, b"VP8X", 12))
+    return tf.logical_and(extended, tf.not_equal(tf.bitwise.bitwise_and(flags, 2), 0))
+
+
+def is_animated_webp(data):
+    """Whether an encoded image is an animated WebP (a VP8X chunk with its animation flag set):
+    tf.io.decode_image cannot read one as RGB."""
+    head = _head(data)
+    return _animated(head, _format(head, tf.cast(tf.strings.length(data), tf.int64)))
+
+
+def _join(*parts):
+    """One string tensor from Python strings and scalar tensors (numbers written out)."""
+    strings = [p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p) for p in parts]
+    return tf.strings.join(strings)
+
+
+def _first_problem(checks):
+    """The message of the first (ok, message) pair whose ok is False, or ""."""
+    problem = tf.constant("")
+    for ok, message in reversed(checks):
+        problem = tf.where(ok, problem, message)
+    return problem
+
+
+def _size_checks(code, height, width, animated, max_pixels, limit, verb):
+    kind = tf.gather(tf.constant(FORMATS), code)
+    return [
+        (
+            height * width <= max_pixels,
+            _join("a ", kind, " image of ", width, " x ", height, f" pixels, more than the {max_pixels} {limit}; ")
+            + f"{verb} a smaller image",
+        ),
+        (
+            tf.logical_not(animated),
+            f"an animated WebP image, which is not read; {verb} a still image (e.g. its first frame as PNG)",
+        ),
+    ]
+
+
+def problem(data, max_pixels=DEFAULT_MAX_PIXELS, limit="allowed (--max-pixels)", verb="use"):
+    """Why an encoded image (a string scalar) is refused before decoding, as a string tensor, or ""
+    when it is not: not a JPEG, PNG, GIF, BMP or WebP image (its first bytes quoted in hex: raw
+    bytes are not UTF-8, which clients and JSON need), a damaged header, more than `max_pixels`
+    pixels (`limit` says whose limit it is, `verb` what to do: "a PNG image of 20000 x 20000 pixels,
+    more than the 40000000 allowed (--max-pixels); use a smaller image"), an animated WebP, an image
+    cut short. The first that applies is given; nothing is decoded."""
+    code, height, width, complete = read_header(data)
+    kind = tf.gather(tf.constant(FORMATS), code)
+    size = tf.strings.length(data)
+    start = (" bytes, starting ", hex_prefix(data), " in hex)")
+    return _first_problem(
+        [
+            (code != UNKNOWN, _join("not an encoded JPEG, PNG, GIF, BMP or WebP image (", size, *start)),
+            (
+                tf.logical_and(height > 0, width > 0),
+                _join("a ", kind, " image whose header is damaged or cut short (", size, *start),
+            ),
+            *_size_checks(code, height, width, is_animated_webp(data), max_pixels, limit, verb),
+            (complete, _join("a truncated ", kind, " image (", size, " bytes; its end is missing)")),
+        ]
+    )
+
+
+def size_problem(data, max_pixels=DEFAULT_MAX_PIXELS, limit="the input pipelines take", verb="use"):
+    """`problem`'s pixel limit and animated-WebP refusal alone, with the sizes of `read_size`: for the
+    input pipelines, whose decoders fail on the other problems anyway. "" when there is none."""
+    head, length = _head(data), tf.cast(tf.strings.length(data), tf.int64)
+    code = _format(head, length)
+    height, width = _size(data, head, length, code)
+    animated = _animated(head, code)
+    fine = tf.logical_and(height * width <= max_pixels, tf.logical_not(animated))
+    checks = functools.partial(_size_checks, code, height, width, animated, max_pixels, limit, verb)
+    return tf.cond(fine, lambda: tf.constant(""), lambda: _first_problem(checks()))

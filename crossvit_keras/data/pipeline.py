@@ -5,16 +5,19 @@
     val = eval_dataset(dataset.val, image_size=240, batch_size=96, num_classes=dataset.num_classes)
 
 An unreadable or corrupt image never stops an epoch: training skips it, evaluation gives it weight 0;
-either way it is logged with its path and counted in `UNREADABLE.count`.
+either way it is logged with its path and counted in `UNREADABLE.count`. So is an image of more
+pixels than serving takes (image_header.DEFAULT_MAX_PIXELS, read from its header: never decoded).
 """
 
 import logging
 import math
+import sys
 import threading
 
 import tensorflow as tf
 
-from crossvit_keras.data import augment
+from crossvit_keras.data import augment, batch_augment, image_header
+from crossvit_keras.data.datasets import printable
 from crossvit_keras.data.preprocessing import eval_transform
 
 logger = logging.getLogger(__name__)
@@ -32,21 +35,30 @@ class UnreadableImages:
     def __init__(self):
         self._lock = threading.Lock()
         self.count = 0
+        self.first = []  # the first five, "name (why)"
 
-    def report(self, name):
-        name = name.numpy().decode("utf-8", "replace") if hasattr(name, "numpy") else str(name)
+    def report(self, name, problem=b"unreadable or corrupt"):
+        name, problem = (printable(x.numpy() if hasattr(x, "numpy") else x) for x in (name, problem))
         with self._lock:
             self.count += 1
             count = self.count
-        logger.warning("skipped unreadable or corrupt image %s (%d skipped so far)", name, count)
+            if len(self.first) < 5:
+                self.first.append(f"{name} ({problem})")
+        logger.warning("skipped image %s: %s (%d skipped so far)", name, problem, count)
 
 
 UNREADABLE = UnreadableImages()
 
+# Where the batch augmentations run: tf.data on the host, or the training step on the accelerator.
+AUG_DEVICES = ("host", "accelerator")
 
-def _read_safely(split, decode, fallback):
-    """(name, source, label, ...) -> (..., image, ok): `decode(contents)` in a one-element dataset
-    whose errors are dropped, so that a corrupt image gives (fallback, False) instead of an error."""
+
+def _read_safely(split, decode, fallback, max_pixels=image_header.DEFAULT_MAX_PIXELS):
+    """(name, source, label, ...) -> (..., image, problem): `decode(contents)` in a one-element
+    dataset whose errors are dropped, so that a corrupt image gives (fallback, "unreadable or
+    corrupt") instead of an error, and one of more than `max_pixels` pixels or an animated WebP
+    (image_header.size_problem, from the header: the serving limit) gives (fallback, why) undecoded.
+    The problem is "" for a good image."""
 
     def safe(name, source, label, *rest):
         def load(source):
@@ -54,22 +66,28 @@ def _read_safely(split, decode, fallback):
                 contents = tf.cond(source == "", lambda: tf.constant(_BLANK_PNG), lambda: tf.io.read_file(source))
             else:
                 contents = source
-            return decode(contents), True
+            problem = image_header.size_problem(contents, max_pixels)
+            return tf.cond(tf.equal(problem, ""), lambda: decode(contents), lambda: fallback), problem
 
         decoded = tf.data.Dataset.from_tensors(source).map(load).ignore_errors()
-        failed = tf.data.Dataset.from_tensors((fallback, False))
+        failed = tf.data.Dataset.from_tensors((fallback, tf.constant("unreadable or corrupt")))
         image_and_ok = decoded.concatenate(failed).take(1)
-        return image_and_ok.map(lambda image, ok: (name, label, *rest, image, ok))
+        return image_and_ok.map(lambda image, problem: (name, label, *rest, image, problem))
 
     return safe
 
 
-def _report_if_unreadable(name, ok):
+def _report_if_unreadable(name, problem, remote=False):
+    """Whether the image is good (its problem is ""); reports it if not."""
+
     def report():
-        tf.py_function(UNREADABLE.report, [name], [])
+        if remote:  # on a tf.data service worker, which cannot call back into this process: its log
+            tf.print("skipped image", name, problem, output_stream=sys.stderr)
+        else:
+            tf.py_function(UNREADABLE.report, [name, problem], [])
         return tf.constant(False)
 
-    return tf.cond(ok, lambda: tf.constant(True), report)
+    return tf.cond(tf.equal(problem, ""), lambda: tf.constant(True), report)
 
 
 def _shard(dataset, input_context):
@@ -103,33 +121,59 @@ def train_dataset(
     input_context=None,
     seed=None,
     threads=None,
+    remote=False,
+    aug_device="host",
 ):
     """The endless, shuffled training stream of (images [B, S, S, 3] normalised, targets [B, K]).
+
+    aug_device="host" (default): the whole recipe runs here, in tf.data. aug_device="accelerator":
+    the stream holds (uint8 images [B, S, S, 3] randomly cropped, resized and flipped, smoothed
+    one-hot targets [B, K]); RandAugment, random erasing, Mixup/CutMix and the normalisation are
+    left to the training step: `batch_augment.augment_on_device(model, device_augment(aa, reprob,
+    mixup))` after compile (crossvit_keras.training does it for --aug-device accelerator).
 
     batch_size is this pipeline's batch (per replica under tf.distribute). mixup: a
     augment.MixupCutmix (its label smoothing also applies when it mixes nothing); None gives plain
     one-hot targets. repeated_aug > 1 repeats each image that many times in a row with different
-    augmentations (DeiT's repeated augmentation). Shards by `input_context` before decoding."""
+    augmentations (DeiT's repeated augmentation). Shards by `input_context` before decoding.
+    remote=True: for tf.data service workers (unreadable images go to their log, not UNREADABLE)."""
+    if aug_device not in AUG_DEVICES:
+        raise ValueError(f"aug_device must be one of {', '.join(AUG_DEVICES)}, got {aug_device!r}.")
     mixup = mixup or augment.MixupCutmix(num_classes, 0.0, 0.0, label_smoothing=0.0)
-    records = _shard(split.records(shuffle=True, seed=seed), input_context).repeat()
+    if split.shards_by_file:  # prepared shards: each input pipeline reads its own files
+        records = split.records(shuffle=True, seed=seed, input_context=input_context).repeat()
+    else:
+        records = _shard(split.records(shuffle=True, seed=seed), input_context).repeat()
     if repeated_aug > 1:
         records = records.flat_map(lambda *r: tf.data.Dataset.from_tensors(r).repeat(repeated_aug))
     decode = _read_safely(
         split,
-        lambda contents: augment.decode_random_crop(contents, image_size, scale, ratio),
-        tf.zeros([image_size, image_size, 3]),
+        lambda contents: augment.decode_crop_flip(contents, image_size, scale, ratio, hflip),
+        tf.zeros([image_size, image_size, 3], tf.uint8),
     )
-    transform = augment.train_image_transform(image_size, scale, ratio, hflip, aa, reprob, seed=seed)
     in_order = repeated_aug > 1  # keeps an image's copies in a row, so they share a batch
+    on_host = aug_device == "host"
+    augment_batch = batch_augment.BatchAugment(aa, reprob, mixup) if on_host else None
+
+    def finish_batch(names, labels, images, oks):
+        targets = batch_augment.smoothed_targets(labels, num_classes, mixup)
+        return augment_batch(images, targets) if on_host else (images, targets)
+
     dataset = (
         records.interleave(decode, cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE, deterministic=in_order)
-        .filter(lambda name, label, image, ok: _report_if_unreadable(name, ok))
-        .map(lambda name, label, image, ok: (transform(image), label), tf.data.AUTOTUNE, deterministic=in_order)
+        .filter(lambda name, label, image, ok: _report_if_unreadable(name, ok, remote))
         .batch(batch_size, drop_remainder=True)
-        .map(mixup, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        .map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
         .prefetch(tf.data.AUTOTUNE)
     )
     return dataset.with_options(_options(threads))
+
+
+def device_augment(aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=None):
+    """The batch stage `train_dataset(..., aug_device="accelerator")` leaves to the training step:
+    RandAugment, random erasing, Mixup/CutMix and normalisation with fixed shapes and ops XLA
+    compiles. Install it with batch_augment.augment_on_device(model, device_augment(...))."""
+    return batch_augment.BatchAugment(aa, reprob, mixup, static_shapes=True)
 
 
 def padded_size(size, global_batch):

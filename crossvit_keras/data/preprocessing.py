@@ -5,15 +5,12 @@ The model takes NHWC float images normalised with the ImageNet mean and standard
 tensor with TensorFlow ops only, so they run in tf.data and inside an exported graph.
 """
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# timm's and DeiT's evaluation crop: resize the shorter side to size / 0.875, centre crop.
-DEFAULT_CROP_PCT = 0.875
+from crossvit_keras import transforms
+from crossvit_keras.configs import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+from crossvit_keras.transforms import eval_resize_size  # noqa: F401  (its home before crossvit_keras.transforms)
 
 
 def normalize(images):
@@ -27,9 +24,7 @@ def fixed_size_normalizer(shape):
     as x * scale + offset with the per-channel constants spread over the whole image. The same
     numbers (to float rounding), faster: TensorFlow's generic per-channel broadcast is slow (one
     240 px image 1.6 ms against 0.7 ms, a batch of 32 42 ms against 10 ms, on one core here)."""
-    std = np.asarray(IMAGENET_STD, np.float32)
-    scale = tf.constant(np.broadcast_to(1.0 / (255.0 * std), shape))
-    offset = tf.constant(np.broadcast_to(-np.asarray(IMAGENET_MEAN, np.float32) / std, shape))
+    scale, offset = (tf.constant(np.broadcast_to(v, shape)) for v in transforms.normalization())
 
     def normalize_fixed(images):
         return tf.cast(images, tf.float32) * scale + offset
@@ -37,40 +32,21 @@ def fixed_size_normalizer(shape):
     return normalize_fixed
 
 
-def eval_resize_size(image_size, crop_pct=DEFAULT_CROP_PCT):
-    """The shorter-side size before the centre crop, as timm computes it (floor)."""
-    return int(math.floor(image_size / crop_pct))
+# Of an image more than MAX_ASPECT_RATIO times as long as it is wide (or wide as long), the
+# evaluation transform keeps the middle: its work is bounded for any shape (crossvit_keras.transforms).
+MAX_ASPECT_RATIO = transforms.MAX_ASPECT_RATIO
 
 
-def resize_shorter_side(images, size):
-    """Bicubic (antialiased, like PIL) resize of an [H, W, C] or [B, H, W, C] image so that its
-    shorter side is `size`; the longer side keeps the aspect ratio (truncated, as PIL/timm do)."""
-    shape = tf.shape(images)
-    height = tf.cast(shape[-3], tf.float32)
-    width = tf.cast(shape[-2], tf.float32)
-    short = tf.minimum(height, width)
-    new_height = tf.cast(tf.math.floor(height * size / short), tf.int32)
-    new_width = tf.cast(tf.math.floor(width * size / short), tf.int32)
-    # The shorter side gets exactly `size` (floor of size * 1.0 could fall one short in float).
-    new_height = tf.where(height <= width, size, new_height)
-    new_width = tf.where(width < height, size, new_width)
-    return tf.image.resize(
-        tf.cast(images, tf.float32), tf.stack([new_height, new_width]), method="bicubic", antialias=True
-    )
-
-
-def center_crop(images, size):
-    """Central size x size crop of an [H, W, C] or [B, H, W, C] image (timm's rounding)."""
-    shape = tf.shape(images)
-    top = tf.cast(tf.round(tf.cast(shape[-3] - size, tf.float32) / 2.0), tf.int32)
-    left = tf.cast(tf.round(tf.cast(shape[-2] - size, tf.float32) / 2.0), tf.int32)
-    return images[..., top : top + size, left : left + size, :]
+def middle(images, max_aspect_ratio=MAX_ASPECT_RATIO):
+    """The middle of an [H, W, C] or [B, H, W, C] image's long side, at most max_aspect_ratio times its
+    short side (the whole image when it is no longer); TensorFlow ops."""
+    return transforms.middle(images, max_aspect_ratio, backend="tensorflow")
 
 
 def eval_transform(images, image_size, crop_pct=DEFAULT_CROP_PCT):
     """The evaluation transform of timm and DeiT: resize the shorter side to image_size / crop_pct
-    (bicubic), centre crop image_size, normalise. Input: RGB in [0, 255], [H, W, 3] or [B, H, W, 3]."""
-    images = resize_shorter_side(images, eval_resize_size(image_size, crop_pct))
-    images = tf.clip_by_value(images, 0.0, 255.0)  # bicubic overshoots
-    images = center_crop(images, image_size)
-    return fixed_size_normalizer((image_size, image_size, 3))(images)
+    (bicubic), centre crop image_size, normalise. Input: RGB in [0, 255], [H, W, 3] or [B, H, W, 3].
+    TensorFlow ops whatever the Keras backend (for tf.data and exported graphs); the keras-hub image
+    converter runs the same code (crossvit_keras.transforms) on the current backend. An image more
+    than MAX_ASPECT_RATIO times as long as it is wide (or wide as long) is first cut to its `middle`."""
+    return transforms.eval_transform(images, image_size, crop_pct, backend="tensorflow")
