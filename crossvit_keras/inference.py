@@ -19,31 +19,21 @@ from crossvit_keras.data.preprocessing import DEFAULT_CROP_PCT, eval_transform
 from crossvit_keras.export.saved_model import (
     DEFAULT_MAX_PIXELS,
     TOP_K,
+    model_crop_pct,
     model_image_size,
 )
 
 
 def check_header(path, data, max_pixels=DEFAULT_MAX_PIXELS):
-    """Raises ValueError naming the file if its bytes (a string tensor) are not a JPEG, PNG, GIF, BMP
-    or WebP image, have a damaged header, more than `max_pixels` pixels or no end: the checks of the
-    SavedModel's `serving_bytes`, from the header (crossvit_keras.data.image_header), nothing decoded."""
-    size = int(tf.strings.length(data))
-    if size == 0:
+    """Raises ValueError naming the file if its bytes (a string tensor) are refused before decoding:
+    not a JPEG, PNG, GIF, BMP or WebP image, a damaged header, more than `max_pixels` pixels, an
+    animated WebP or no end. The checks and words of the SavedModel's `serving_bytes`
+    (crossvit_keras.data.image_header.problem); nothing is decoded."""
+    if int(tf.strings.length(data)) == 0:
         raise ValueError(f"cannot read {path}: the file is empty")
-    code, height, width, complete = (t.numpy() for t in image_header.read_header(data))
-    kind = image_header.FORMATS[code]
-    start = image_header.hex_prefix(data).numpy().decode("ascii")
-    if code == image_header.UNKNOWN:
-        reason = f"not a JPEG, PNG, GIF, BMP or WebP image ({size} bytes, starting {start} in hex)"
-    elif height <= 0 or width <= 0:
-        reason = f"a {kind} image whose header is damaged or cut short ({size} bytes)"
-    elif height * width > max_pixels:
-        reason = f"a {kind} image of {width} x {height} pixels, more than --max-pixels {max_pixels}"
-    elif not complete:
-        reason = f"a truncated {kind} image ({size} bytes; its end is missing)"
-    else:
-        return
-    raise ValueError(f"cannot read {path}: {reason}")
+    problem = image_header.problem(data, max_pixels).numpy().decode("ascii")
+    if problem:
+        raise ValueError(f"cannot read {path}: {problem}")
 
 
 def load_image(path, image_size, crop_pct=DEFAULT_CROP_PCT, max_pixels=DEFAULT_MAX_PIXELS):
@@ -63,9 +53,11 @@ def load_image(path, image_size, crop_pct=DEFAULT_CROP_PCT, max_pixels=DEFAULT_M
     return eval_transform(image, image_size, crop_pct)
 
 
-def predict_files(model, paths, batch_size=32, crop_pct=DEFAULT_CROP_PCT, max_pixels=DEFAULT_MAX_PIXELS):
-    """Yield (path, probabilities or None, error message or None) for each file, in order."""
+def predict_files(model, paths, batch_size=32, crop_pct=None, max_pixels=DEFAULT_MAX_PIXELS):
+    """Yield (path, probabilities or None, error message or None) for each file, in order.
+    crop_pct: None takes the model's (model_crop_pct: 1.0 for the 408 variants, else 0.875)."""
     image_size = model_image_size(model)
+    crop_pct = model_crop_pct(model) if crop_pct is None else crop_pct
     batch = []
 
     def run(batch):

@@ -14,7 +14,6 @@ import sys
 from tqdm import tqdm
 
 from crossvit_keras.cli.common import add_model_arguments, load_model_from_args
-from crossvit_keras.data.preprocessing import DEFAULT_CROP_PCT
 from crossvit_keras.export.saved_model import DEFAULT_MAX_PIXELS, TOP_K, model_num_classes, resolve_class_names
 from crossvit_keras.inference import format_top_k, predict_files
 
@@ -32,7 +31,12 @@ def main(argv=None, prog="crossvit-keras predict"):
     )
     parser.add_argument("--top-k", type=int, default=TOP_K, help="classes to print per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
-    parser.add_argument("--crop-pct", type=float, default=DEFAULT_CROP_PCT, help="evaluation crop (0.875)")
+    parser.add_argument(
+        "--crop-pct",
+        type=float,
+        default=None,
+        help="evaluation crop (default: the variant's: 1.0 at 408 px, else 0.875)",
+    )
     parser.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are refused, undecoded"
     )

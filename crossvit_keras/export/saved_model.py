@@ -14,8 +14,10 @@ Outputs: `probabilities` [batch, classes] (softmax of the float32 logits), `top_
 `top_k_probabilities` [batch, k], and `top_k_names` [batch, k] when the class names are known.
 Bad input fails in the graph with an InvalidArgument error that says what is wrong and, for
 `image_bytes`, which element: wrong rank or channel count, NaN or infinite pixels, bytes that are
-not an image (quoted in hex), a damaged header, an image cut short, or one of more than
-`max_pixels` pixels (read from its header, so that a decompression bomb is never decoded).
+not an image (quoted in hex), a damaged header, an image cut short, an animated WebP, or one of
+more than `max_pixels` pixels (read from its header, so that a decompression bomb is never decoded;
+for `images`, from the shape). The memory per image is bounded for any shape within that limit
+(see crossvit_keras.transforms.middle); an empty batch gives empty outputs.
 """
 
 import ast
@@ -27,18 +29,20 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from crossvit_keras import configs
 from crossvit_keras.atomic import default_mode
 from crossvit_keras.data import image_header
-from crossvit_keras.data.preprocessing import DEFAULT_CROP_PCT, eval_transform
+from crossvit_keras.data.preprocessing import eval_transform
 
 IMAGES_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
 TOP_K = 5
 
-# The largest image `serving_bytes` decodes, in pixels (width x height, from the header): a 40 MP
-# image takes about 0.6 GB to decode and resize; a small file of larger dimensions is a
-# decompression bomb. --max-pixels at export changes it.
-DEFAULT_MAX_PIXELS = 40_000_000
+# The largest image either signature takes, in pixels (width x height, from the header or the
+# shape); --max-pixels at export changes it.
+DEFAULT_MAX_PIXELS = image_header.DEFAULT_MAX_PIXELS
+# What the messages say about the limit and what to do.
+_LIMIT = "this model takes (--max-pixels at export)"
 
 
 def read_class_names(path):
@@ -87,6 +91,16 @@ def model_image_size(model):
     return size
 
 
+def model_crop_pct(model):
+    """The evaluation crop for `model`: its preprocessor's (a CrossViTImageClassifier), else that of
+    the variant's released weights when the model is named after one (1.0 for the 408 models), else
+    0.875."""
+    converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
+    if getattr(converter, "crop_pct", None) is not None:
+        return converter.crop_pct
+    return configs.default_crop_pct(model.name)
+
+
 def model_num_classes(model):
     shape = tuple(model.output_shape)
     if len(shape) != 2 or not shape[1]:
@@ -108,8 +122,9 @@ def _message(*parts):
     return tf.strings.join(strings)
 
 
-def _checked_images(images):
-    """`images` of any rank -> [batch, height, width, 3], after asserting it is one.
+def _checked_images(images, max_pixels=DEFAULT_MAX_PIXELS):
+    """`images` of any rank -> [batch, height, width, 3], after asserting it is one, of finite values
+    and of at most `max_pixels` pixels per image.
 
     The rank-4 static shape comes from a reshape, not set_shape or ensure_shape: those would let
     Grappler infer the input's rank, fold the checks away and fail later with an obscure error."""
@@ -124,6 +139,12 @@ def _checked_images(images):
     checks = [
         _assert(tf.equal(shape[3], 3), "`images` must have 3 channels (RGB) in the last axis; got shape {}", shape),
         _assert(tf.reduce_all(shape[1:3] > 0), "`images` must be at least 1 x 1 pixels; got shape {}", shape),
+        _assert(
+            tf.cast(shape[1], tf.int64) * tf.cast(shape[2], tf.int64) <= max_pixels,
+            f"`images` are {{}} x {{}} pixels, more than the {max_pixels} {_LIMIT}; send smaller images",
+            shape[2],
+            shape[1],
+        ),
     ]
     with tf.control_dependencies(checks):
         images = tf.reshape(images, tf.stack([shape[0], shape[1], shape[2], 3]))
@@ -131,7 +152,7 @@ def _checked_images(images):
     finite = _assert(
         tf.logical_not(tf.reduce_any(bad)),
         "`images` must be RGB values in [0, 255]; images[{}] has NaN or infinite values ({} image(s) of the batch do)",
-        tf.argmax(bad),
+        tf.argmax(tf.concat([bad, [True]], axis=0)),  # the first bad image (an empty batch has none)
         tf.reduce_sum(tf.cast(bad, tf.int32)),
     )
     with tf.control_dependencies([finite]):
@@ -139,34 +160,13 @@ def _checked_images(images):
 
 
 def _checked_image_bytes(data, index, max_pixels):
-    """An encoded image's bytes, after asserting from its header (crossvit_keras.data.image_header) that
-    it is a JPEG, PNG, GIF, BMP or WebP image of at most `max_pixels` pixels and not cut off: the
-    errors name the batch index and quote bytes in hex, and a bomb is refused before decoding."""
-    code, height, width, complete = image_header.read_header(data)
-    kind = tf.gather(tf.constant(image_header.FORMATS), code)
-    size = tf.strings.length(data)
-    start = (", starting ", image_header.hex_prefix(data), " in hex)")  # hex: raw bytes are not UTF-8
-    checks = [
-        (code != image_header.UNKNOWN, "is not an encoded JPEG, PNG, GIF, BMP or WebP image (", size, " bytes", *start),
-        (height > 0, "is a ", kind, " image whose header is damaged or cut short (", size, " bytes", *start),
-        (width > 0, "is a ", kind, " image whose header is damaged or cut short (", size, " bytes", *start),
-        (
-            height * width <= max_pixels,
-            "is a ",
-            kind,
-            " image of ",
-            width,
-            " x ",
-            height,
-            f" pixels, more than the {max_pixels} this model takes (--max-pixels at export); send a smaller image",
-        ),
-        (complete, "is a truncated ", kind, " image (", size, " bytes; its end is missing)"),
-    ]
-    done = []
-    for condition, *parts in checks:  # one after the other: the first that fails is reported
-        with tf.control_dependencies(done):
-            done = [tf.debugging.Assert(condition, [_message("image_bytes[", index, "] ", *parts)])]
-    with tf.control_dependencies(done):
+    """An encoded image's bytes, after asserting from its header that nothing refuses it
+    (crossvit_keras.data.image_header.problem: not an image, a damaged header, more than `max_pixels`
+    pixels, an animated WebP, cut short): the error names the batch index and quotes bytes in hex,
+    and a bomb is refused before decoding."""
+    problem = image_header.problem(data, max_pixels, limit=_LIMIT, verb="send")
+    refused = tf.debugging.Assert(tf.equal(problem, ""), [_message("image_bytes[", index, "] is ", problem)])
+    with tf.control_dependencies([refused]):
         return tf.identity(data)
 
 
@@ -195,7 +195,7 @@ def _serving_functions(model, image_size, class_names, top_k, crop_pct, max_pixe
         return outputs
 
     def serve_images(images):
-        images = eval_transform(_checked_images(images), image_size, crop_pct)
+        images = eval_transform(_checked_images(images, max_pixels), image_size, crop_pct)
         return classify(tf.ensure_shape(images, [None, image_size, image_size, 3]))
 
     def serve_bytes(image_bytes):
@@ -222,7 +222,7 @@ def export_saved_model(
     class_names=None,
     *,
     top_k=TOP_K,
-    crop_pct=DEFAULT_CROP_PCT,
+    crop_pct=None,
     overwrite=False,
     max_pixels=DEFAULT_MAX_PIXELS,
 ):
@@ -230,12 +230,14 @@ def export_saved_model(
 
     path: the SavedModel directory; for TF Serving a numbered version, e.g. models/crossvit_15/1.
     class_names: one name per class (adds the `top_k_names` output), or None.
-    max_pixels: `serving_bytes` refuses larger images (width x height from the header) undecoded.
+    crop_pct: the evaluation crop; None takes the model's (model_crop_pct: 1.0 for the 408 variants).
+    max_pixels: both signatures refuse larger images (width x height, from the header undecoded).
     The SavedModel is written to a hidden temporary directory beside `path` and renamed into place,
     so neither a reader nor TF Serving (which ignores non-numeric names) sees it half-written.
     Returns the path."""
     image_size = model_image_size(model)
     num_classes = model_num_classes(model)
+    crop_pct = model_crop_pct(model) if crop_pct is None else crop_pct
     if class_names is not None:
         class_names = [str(name) for name in class_names]
         if len(class_names) != num_classes:
