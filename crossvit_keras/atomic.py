@@ -46,20 +46,55 @@ def atomic_path(path):
             os.remove(temporary)
 
 
+def make_directories(directory):
+    """Creates `directory` and its missing parents, as os.makedirs; returns the outermost directory
+    this call created (None if `directory` existed): the one to remove to undo it."""
+    missing, path = [], os.path.abspath(directory)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    created = None
+    for path in reversed(missing):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+            continue  # made meanwhile by another process: not this call's
+        created = created or path
+    return created
+
+
+def remove_empty_directories(top, directory):
+    """Removes `directory` and its parents up to `top` (what make_directories returned) while they are empty."""
+    path = os.path.abspath(directory)
+    while path == top or path.startswith(top + os.sep):
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        path = os.path.dirname(path)
+
+
 def check_writable(directory):
     """Creates `directory` if needed and writes and removes a small file in it; raises ValueError
-    saying what to fix if it cannot (read-only file system, no permission, a file in the way)."""
+    saying what to fix if it cannot (read-only file system, no permission, a file in the way).
+    Returns the outermost directory it created (None if `directory` existed)."""
+    created = None
     try:
-        os.makedirs(directory, exist_ok=True)
+        created = make_directories(directory)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-") as f:
             f.write(b"\0" * 4096)
             f.flush()
             os.fsync(f.fileno())
     except OSError as error:
+        if created:
+            remove_empty_directories(created, directory)
         raise ValueError(
             f"cannot write to {directory}: {error.strerror or error}; choose another output directory "
             "or make this one writable"
         ) from None
+    return created
 
 
 def save_model(model, path):

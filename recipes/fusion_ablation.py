@@ -37,15 +37,13 @@ def parse_fusions(text):
 
 def measure(run_dir):
     """Table 6's columns for one finished run: its results.json and its saved model's counts."""
-    import keras
-
-    import crossvit_keras  # noqa: F401  (registers the layers for load_model)
+    import crossvit_keras
     from crossvit_keras import training
     from crossvit_keras.ablations import count_macs
 
     with open(os.path.join(run_dir, "results.json"), encoding="utf-8") as f:
         results = json.load(f)
-    model = keras.models.load_model(os.path.join(run_dir, training.FINAL_MODEL), compile=False)
+    model = crossvit_keras.load_model(os.path.join(run_dir, training.FINAL_MODEL))
     return {
         **{k: results[k] for k in ("top1", "top5", "top1_small_branch", "top1_large_branch")},
         "params": model.count_params(),

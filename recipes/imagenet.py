@@ -18,4 +18,4 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from crossvit_keras.cli import train  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(train.main(prog="recipes/imagenet.py"))
+    sys.exit(train.main(prog="python recipes/imagenet.py"))

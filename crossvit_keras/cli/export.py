@@ -8,7 +8,6 @@ OpenVINO or LiteRT (crossvit_keras.export).
 import argparse
 
 from crossvit_keras.cli.common import add_model_arguments, load_model_from_args
-from crossvit_keras.data.preprocessing import DEFAULT_CROP_PCT
 from crossvit_keras.export.saved_model import (
     BYTES_SIGNATURE,
     DEFAULT_MAX_PIXELS,
@@ -43,7 +42,12 @@ def main(argv=None, prog="crossvit-keras export"):
         help="text file, one class name per line (default: ImageNet names for 1000 classes)",
     )
     parser.add_argument("--top-k", type=int, default=TOP_K, help="number of top classes returned (default 5)")
-    parser.add_argument("--crop-pct", type=float, default=DEFAULT_CROP_PCT, help="evaluation crop (0.875)")
+    parser.add_argument(
+        "--crop-pct",
+        type=float,
+        default=None,
+        help="evaluation crop (default: the variant's: 1.0 at 408 px, else 0.875)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument(
         "--max-pixels",

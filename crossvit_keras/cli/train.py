@@ -6,13 +6,19 @@ official CrossViT's main.py (and timm's train.py for --scale, --ratio, --hflip).
     crossvit-keras eval --data-path /data/imagenet --model crossvit_15_240 --pretrained
 
 Exit status: 0 done, 1 a NaN loss or a failed write during training, 2 bad input (one `error:`
-line, before anything is trained), 130 interrupted.
+line, before anything is trained), 130 interrupted (Ctrl-C: one line saying where the last
+checkpoint is and the command that resumes from it). A run that fails or is interrupted before
+its first checkpoint removes the output directory it created.
 """
 
+import _thread
 import argparse
+import contextlib
 import dataclasses
 import json
+import shlex
 import sys
+import threading
 
 from crossvit_keras.training.config import PRECISIONS, TrainConfig
 from crossvit_keras.training.distribute import STRATEGIES
@@ -35,6 +41,10 @@ def build_parser(prog="crossvit-keras train", description=DESCRIPTION):
     fusions = ("none", "all_attention", "class_token", "pairwise", "cross_attention")
     g.add_argument("--fusion", choices=fusions, help="paper Table 6 (default: the variant's)")
     g.add_argument("--model-overrides", type=json.loads, help="JSON dict of create_model overrides")
+    g.add_argument("--remat", action="store_true", help="recompute the blocks' activations in the backward pass")
+    g.add_argument(
+        "--lora-rank", type=int, help="LoRA of this rank on the attention and MLP projections, backbone frozen; 0: off"
+    )
     g = p.add_argument_group("optimizer and schedule")
     g.add_argument("--opt", choices=("adamw", "sgd"), help="sgd: timm's (nesterov, L2 decay)")
     g.add_argument("--opt-eps", type=float)
@@ -48,6 +58,22 @@ def build_parser(prog="crossvit-keras train", description=DESCRIPTION):
     g.add_argument("--warmup-lr", type=float)
     g.add_argument("--min-lr", type=float)
     g.add_argument("--warmup-epochs", type=int)
+    g = p.add_argument_group("fine-tuning and large batches")
+    g.add_argument(
+        "--grad-accum-steps",
+        type=int,
+        help="N: each update averages N micro-batches of --batch-size per replica (the batch of N x more devices; "
+        "--lr is scaled by the effective batch)",
+    )
+    g.add_argument("--model-ema", action="store_true", help="keep an exponential moving average of the weights")
+    g.add_argument("--model-ema-decay", type=float, help="its decay per update (DeiT: 0.99996)")
+    g.add_argument(
+        "--model-ema-export", action="store_true", help="with --model-ema: export the EMA weights (the default)"
+    )
+    g.add_argument(
+        "--no-model-ema-export", action="store_false", dest="model_ema_export", help="export the raw weights"
+    )
+    g.add_argument("--layer-decay", type=float, help="layer-wise lr decay (timm's; e.g. 0.75 for fine-tuning)")
     g = p.add_argument_group("augmentation")
     g.add_argument("--aa", help="RandAugment config (timm's), or none")
     g.add_argument("--smoothing", type=float, help="label smoothing")
@@ -55,6 +81,13 @@ def build_parser(prog="crossvit-keras train", description=DESCRIPTION):
     g.add_argument("--repeated-aug", action="store_true", help="default: on for crossvit_18*")
     g.add_argument("--no-repeated-aug", action="store_false", dest="repeated_aug")
     g.add_argument("--reprob", type=float, help="random erasing probability")
+    g.add_argument(
+        "--aug-device",
+        choices=("auto", "host", "accelerator"),
+        help="where RandAugment, random erasing, Mixup/CutMix and normalisation run: host (tf.data), "
+        "accelerator (batched in the training step; the host only decodes, crops, resizes, flips), "
+        "auto (default: accelerator when the replicas are GPUs or TPUs, else host)",
+    )
     g.add_argument("--remode", choices=("pixel",))
     g.add_argument("--recount", type=int, choices=(1,))
     g.add_argument("--scale", type=float, nargs=2, help="random resized crop area range")
@@ -67,8 +100,10 @@ def build_parser(prog="crossvit-keras train", description=DESCRIPTION):
     g.add_argument("--mixup-switch-prob", type=float)
     g.add_argument("--mixup-mode", choices=("batch",))
     g = p.add_argument_group("data and output")
-    g.add_argument("--data-set", help="IMNET (image folder), CIFAR10, CIFAR100 or a tfds name")
-    g.add_argument("--data-path", help="IMNET: DIR with train/ and val/; tfds: its data_dir")
+    g.add_argument(
+        "--data-set", help="IMNET (image folder), CIFAR10, CIFAR100, a tfds name, or shards (crossvit-keras prepare)"
+    )
+    g.add_argument("--data-path", help="IMNET: DIR with train/ and val/; tfds: its data_dir; shards: their folder")
     g.add_argument("--tfds-manual-dir", help="imagenet2012: the folder with the ILSVRC2012 tars")
     g.add_argument("--output_dir", "--output-dir", help="default: runs/<model>")
     g.add_argument("--seed", type=int)
@@ -99,6 +134,12 @@ def build_parser(prog="crossvit-keras train", description=DESCRIPTION):
         choices=(0, 1, 2),
         help="Keras progress: 1 = bar, 2 = one line per epoch (default: 1 on a terminal, else 2)",
     )
+    g = p.add_argument_group("prepared data and scale-out")
+    g.add_argument(
+        "--data-service",
+        help="grpc://HOST:PORT of a tf.data service dispatcher (crossvit-keras data-service): its workers "
+        "run the training input pipeline",
+    )
     p.set_defaults(**dataclasses.asdict(TrainConfig()))
     return p
 
@@ -112,30 +153,87 @@ def main(argv=None, prog="crossvit-keras train", evaluate_only=False):
     """Runs the command line; returns the process exit code."""
     from crossvit_keras.logs import setup_logging
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     description = "Evaluate a CrossViT on a validation set." if evaluate_only else DESCRIPTION
     args = build_parser(prog, description).parse_args(argv)
     if evaluate_only:
         args.eval = True
     config = config_from_args(args)
     setup_logging()
-    try:  # every check happens here, before any training: a mistake is one line
-        from crossvit_keras.training.callbacks import CheckpointWriteError, NonFiniteLoss
-        from crossvit_keras.training.distribute import configure_cpu_devices
-        from crossvit_keras.training.run import Run
-
-        if config.cpu_devices:
-            configure_cpu_devices(config.cpu_devices)
-        run = Run(config)
-        job = run.prepare_eval() if config.eval else run.prepare_train()
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 2
+    run = None
     try:
-        job()
-    except (NonFiniteLoss, CheckpointWriteError) as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 1
-    except OSError as error:  # writing model.keras or a JSON file after training (a full disk, ...)
-        print(f"error: {error}; the checkpoints are kept: rerun the same command to finish.", file=sys.stderr)
-        return 1
+        with _interrupts_delivered():
+            try:  # every check happens here, before any training: a mistake is one line
+                from crossvit_keras.training.callbacks import CheckpointWriteError, NonFiniteLoss
+                from crossvit_keras.training.distribute import configure_cpu_devices
+                from crossvit_keras.training.run import Run
+
+                if config.cpu_devices:
+                    configure_cpu_devices(config.cpu_devices)
+                run = Run(config)
+                job = run.prepare_eval() if config.eval else run.prepare_train()
+            except (ValueError, FileNotFoundError) as error:
+                return _failed(run, 2, f"error: {error}")
+            try:
+                job()
+            except (NonFiniteLoss, CheckpointWriteError) as error:
+                return _failed(run, 1, f"error: {error}")
+            except OSError as error:  # writing model.keras or a JSON file after training (a full disk, ...)
+                return _failed(run, 1, f"error: {error}; the checkpoints are kept: rerun the same command to finish.")
+    except KeyboardInterrupt:
+        return _failed(run, 130, lambda: _interrupted(run, config, f"{prog} {shlex.join(argv)}"))
+    except BaseException:
+        if run is not None:
+            run.remove_unused_output()
+        raise
     return 0
+
+
+def _failed(run, code, message):
+    """Removes the output directory of a run that wrote nothing useful in it, prints the one line
+    `message` (or what it returns) on stderr, returns `code`."""
+    if run is not None:
+        run.remove_unused_output()
+    print(message() if callable(message) else message, file=sys.stderr, flush=True)
+    return code
+
+
+def _interrupted(run, config, command):
+    """The line after Ctrl-C: where the last checkpoint is and the command that resumes from it."""
+    from crossvit_keras.training.callbacks import checkpoint_files
+    from crossvit_keras.training.run import output_directory
+
+    if config.eval:
+        return f"interrupted: the evaluation stopped, nothing written; rerun it with: {command}"
+    if run is not None:
+        last = run.last_checkpoint()
+    else:  # stopped while setting up
+        last = next(((path, None) for path in checkpoint_files(output_directory(config))), None)
+    if last is None:
+        return f"interrupted before the first checkpoint, nothing to resume; start again with: {command}"
+    path, epochs = last
+    done = "" if epochs is None else f" ({epochs} epoch{'s' if epochs != 1 else ''} done)"
+    return f"interrupted; the last checkpoint is {path}{done}; resume from it with: {command}"
+
+
+@contextlib.contextmanager
+def _interrupts_delivered():
+    """Ctrl-C's KeyboardInterrupt, delivered even where Python drops it: raised inside a
+    garbage-collection callback (jax, which Keras imports, installs one) or a __del__ method, it
+    is printed as "Exception ignored" and lost, and training went on. Such a one is raised again
+    in the main thread a moment later, in the code that was running."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):  # from another thread: here, it would be dropped again
+            resend = threading.Timer(0.01, _thread.interrupt_main)
+            resend.daemon = True
+            resend.start()
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous

@@ -4,10 +4,11 @@
     metrics = train(TrainConfig(data_path="/data/imagenet", strategy="mirrored"))
 
 `config` (the configuration), `run` (the run: strategy, data, model, callbacks, artefacts),
-`recipe` (optimizer, model to train, compile), `evaluation` (ensemble and per-branch metrics),
-`callbacks` (checkpoints, logs, resume), `distribute` (strategies), `optimizers` (AdamW with a
-fused step, timm's SGD), `schedules` (warm-up + cosine), `compat` (Keras workarounds, applied only
-where needed), `plotting` (training curves).
+`recipe` (optimizer, model to train, compile), `accumulation` (gradient accumulation),
+`evaluation` (ensemble and per-branch metrics), `callbacks` (checkpoints, logs, resume, the
+weights' EMA evaluation), `distribute` (strategies), `optimizers` (AdamW with a fused step, timm's
+SGD, layer-wise learning-rate scales), `schedules` (warm-up + cosine), `compat` (Keras
+workarounds, applied only where needed), `plotting` (training curves).
 """
 
 import importlib

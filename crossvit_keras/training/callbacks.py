@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 
@@ -17,6 +18,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.keras"
 PREVIOUS = "checkpoint-previous.keras"
 LOG = "log.jsonl"
+# the EMA weights' validation metrics (--model-ema), in log.jsonl beside the raw weights' val_*
+EMA_VAL_METRICS = ("val_loss_ema", "val_top1_ema", "val_top5_ema")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -50,9 +53,11 @@ def callback_classes():
         def __init__(self, directory):
             super().__init__()
             self.directory = directory
+            self.epochs_done = None  # of the last checkpoint this callback wrote
 
         def on_epoch_end(self, epoch, logs=None):
             save_checkpoint(self.model, self.directory)
+            self.epochs_done = epoch + 1
 
     class EpochLog(keras.callbacks.Callback):
         """One JSON line per epoch (loss, top1, top5, val_*, lr, images/s, ...) in LOG; a resumed
@@ -123,6 +128,53 @@ def callback_classes():
     return EpochCheckpoint, EpochLog, StopOnNaN
 
 
+def ema_evaluation(evaluate):
+    """A callback for `--model-ema`: after every epoch it evaluates the weights' exponential moving
+    average (the optimizer's `use_ema`), beside the raw weights that fit validates, and adds
+    val_loss_ema, val_top1_ema and val_top5_ema to the epoch's logs (`evaluate()` returns
+    `evaluation.evaluation_metrics`; put the callback before those that log). The EMA weights go
+    into the model for that evaluation and the raw ones are put back exactly, from a copy (Keras'
+    SwapEMAWeights swaps them by additions and subtractions, which round, and validates the EMA
+    weights only). Keras' fit ends by putting the EMA weights into the model
+    (`finalize_variable_values`); `restore_raw_weights()` puts the last raw ones back."""
+    import keras
+
+    class EMAEvaluation(keras.callbacks.Callback):
+        def _optimizer(self):
+            optimizer = self.model.optimizer
+            return getattr(optimizer, "inner_optimizer", optimizer)  # (LossScaleOptimizer)
+
+        def _assign(self, values):
+            for variable, value in zip(self._optimizer()._trainable_variables, values, strict=True):
+                variable.assign(value)
+
+        def _keep_raw_weights(self):
+            self.raw_weights = [keras.ops.convert_to_numpy(v) for v in self._optimizer()._trainable_variables]
+
+        def on_train_begin(self, logs=None):
+            optimizer = self._optimizer()
+            if not getattr(optimizer, "use_ema", False):
+                raise ValueError("--model-ema: the optimizer keeps no moving average (use_ema=False).")
+            if not optimizer.built:
+                optimizer.build(self.model.trainable_variables)
+            self._keep_raw_weights()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self._keep_raw_weights()
+            self._assign(self._optimizer()._model_variables_moving_average)
+            try:
+                metrics = evaluate()
+            finally:
+                self._assign(self.raw_weights)
+            if logs is not None:
+                logs.update({f"val_{name}_ema": metrics[name] for name in ("loss", "top1", "top5")})
+
+        def restore_raw_weights(self):
+            self._assign(self.raw_weights)
+
+    return EMAEvaluation()
+
+
 def exact_loss(logs):
     """Puts the exact weighted cross-entropy ("ce") in place of Keras' loss (in place)."""
     for prefix in ("", "val_"):
@@ -153,8 +205,9 @@ def save_checkpoint(model, directory):
 
 
 def checkpoint_bytes(model):
-    """About the size of one checkpoint: float32 weights and AdamW's two moments (SGD has one)."""
-    return 3 * 4 * model.count_params()
+    """About the size of one checkpoint: float32 weights and AdamW's two moments (SGD has one),
+    and the weights' moving average with --model-ema."""
+    return (3 + bool(getattr(model.optimizer, "use_ema", False))) * 4 * model.count_params()
 
 
 def free_bytes(directory):
@@ -207,6 +260,8 @@ def check_same_run(saved, current, config_path):
         ("the class count", saved.get("dataset", {}).get("num_classes"), current["dataset"]["num_classes"]),
         ("--batch-size", saved.get("batch_size"), current["batch_size"]),
         ("the global batch (--batch-size x replicas)", saved.get("global_batch_size"), current["global_batch_size"]),
+        ("--grad-accum-steps", saved.get("grad_accum_steps"), current.get("grad_accum_steps")),
+        ("--model-ema (the checkpoints' optimizer state)", saved.get("model_ema"), current.get("model_ema")),
     ]
     for what, old, new in checks:
         if old is not None and _json(old) != _json(new):  # (a key an older config.json lacks is not checked)
@@ -221,6 +276,25 @@ def _problem(error):
     """One line: what is wrong with a file that would not load."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0] if lines else 'unreadable'}"[:300]
+
+
+def remove_leftovers(directory):
+    """Removes what a killed run left half-written in its output directory: the temporary files of
+    atomic writes (.partial-*, .write-test-*) and the SavedModel export's staging directories
+    (saved_model/.1.tmp-*, .1.old-*). Each is one log line; the files in their place were never
+    replaced by them."""
+    entries = []
+    if os.path.isdir(directory):
+        entries += [e for e in os.scandir(directory) if e.name.startswith((".partial-", ".write-test-"))]
+    exports = os.path.join(directory, "saved_model")
+    if os.path.isdir(exports):
+        entries += [e for e in os.scandir(exports) if e.name.startswith(".") and re.search(r"\.(tmp|old)-", e.name)]
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            os.remove(entry.path)
+        logger.info("removed %s, left half-written by an interrupted run", entry.path)
 
 
 def resume(model, directory, resume_file, steps_per_epoch):

@@ -1,4 +1,6 @@
 """Fixes for Keras bugs that training meets, each guarded and applied only where it is needed.
+All are in Keras' TensorFlow trainer: only TensorFlow training code imports this module (the
+recipe's compile on that backend, the evaluation, the multi-worker strategy), never the model.
 
 A. XLA under MirroredStrategy / MultiWorkerMirroredStrategy (`split_xla_steps`, below).
 

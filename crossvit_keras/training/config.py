@@ -13,6 +13,8 @@ import sys
 from crossvit_keras import configs
 
 PRECISIONS = {"none": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+# where the batch augmentations run (crossvit_keras.data.pipeline.train_dataset's aug_device, or auto)
+AUG_DEVICES = ("auto", "host", "accelerator")
 
 
 @dataclasses.dataclass
@@ -26,6 +28,8 @@ class TrainConfig:
     drop_path: float = 0.1  # stochastic depth rate
     fusion: str | None = None  # paper Table 6 (default: the variant's)
     model_overrides: dict | None = None  # further create_model overrides
+    remat: bool = False  # recompute the blocks' activations in the backward pass (less memory, slower steps)
+    lora_rank: int = 0  # > 0: LoRA of this rank on the attention and MLP projections, backbone frozen
     # optimizer and schedule
     opt: str = "adamw"  # or "sgd" (timm's: nesterov, L2 decay)
     opt_eps: float = 1e-8
@@ -39,6 +43,12 @@ class TrainConfig:
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     warmup_epochs: int = 30
+    # fine-tuning and large batches
+    grad_accum_steps: int = 1  # each update averages the gradients of N micro-batches of batch_size per replica
+    model_ema: bool = False  # keep an exponential moving average of the weights (timm's --model-ema)
+    model_ema_decay: float = 0.9998  # its decay (timm's default; DeiT's 0.99996), per optimizer update
+    model_ema_export: bool = True  # with model_ema: model.keras and the SavedModel hold the EMA weights
+    layer_decay: float | None = None  # layer-wise lr decay (timm's): lr x decay^(layers above), heads x 1
     # augmentation
     aa: str = "rand-m9-mstd0.5-inc1"  # RandAugment (timm's notation), or "none"
     smoothing: float = 0.1  # label smoothing
@@ -75,6 +85,10 @@ class TrainConfig:
     steps_per_execution: int = 1
     cpu_devices: int = 0  # split the CPU into N logical devices (testing)
     verbose: int | None = None  # Keras progress: 1 bar, 2 a line per epoch (default: 1 on a terminal)
+    # input pipeline
+    aug_device: str = "auto"  # RandAugment, erasing, Mixup/CutMix on: host, accelerator, auto (accelerator on GPU/TPU)
+    # prepared data and scale-out (data_set "shards": a folder written by `crossvit-keras prepare`)
+    data_service: str = ""  # grpc://HOST:PORT of a tf.data service dispatcher: its workers run the training input
 
     def mixup_cutmix(self, num_classes):
         """DeiT's MixUp/CutMix with label smoothing, as this configuration sets it."""
@@ -114,13 +128,27 @@ class TrainConfig:
         if not 0 < config.ratio[0] <= config.ratio[1]:
             raise ValueError(f"--ratio must be two aspect ratios 0 < min <= max, got {list(config.ratio)}.")
         augment.parse_rand_augment(config.aa)
+        if config.aug_device not in AUG_DEVICES:
+            raise ValueError(f"--aug-device must be one of {', '.join(AUG_DEVICES)}, got {config.aug_device!r}.")
         if config.mixup_cutmix(2).active and config.batch_size % 2:
             raise ValueError(
                 f"--batch-size {config.batch_size} is odd: MixUp/CutMix pair each image with another of the "
                 "per-replica batch (timm requires an even batch); use an even --batch-size or --mixup 0 --cutmix 0."
             )
+        if config.lora_rank < 0:
+            raise ValueError(f"--lora-rank must be >= 0 (0 = no LoRA), got {config.lora_rank}.")
         if config.steps_per_execution < 1:
             raise ValueError(f"--steps-per-execution must be >= 1, got {config.steps_per_execution}.")
+        if config.grad_accum_steps < 1:
+            raise ValueError(f"--grad-accum-steps must be >= 1, got {config.grad_accum_steps}.")
+        if config.model_ema and not 0 <= config.model_ema_decay < 1:
+            raise ValueError(f"--model-ema-decay must be in [0, 1), got {config.model_ema_decay}.")
+        if config.layer_decay is not None and not 0 < config.layer_decay <= 1:
+            raise ValueError(f"--layer-decay must be in (0, 1], got {config.layer_decay}.")
+        if config.data_service:
+            from crossvit_keras.data.service import service_address
+
+            config.data_service = service_address(config.data_service)
         if config.pretrained and config.finetune:
             raise ValueError("give --pretrained (the hub's weights) or --finetune FILE, not both.")
         for flag, path in (("--finetune", config.finetune), ("--resume", config.resume)):

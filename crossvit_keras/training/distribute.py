@@ -78,7 +78,10 @@ def worker_index(strategy):
 
 
 def replicas_are_gpus(strategy):
-    devices = strategy.extended.worker_devices
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy has no replica devices of its own
+        return False
     return bool(devices) and all("GPU" in device.upper() for device in devices)
 
 

@@ -7,8 +7,8 @@ import logging
 from crossvit_keras import configs
 from crossvit_keras.factory import create_model, load_model
 from crossvit_keras.model import CrossViT
-from crossvit_keras.training.compat import split_xla_steps
-from crossvit_keras.training.optimizers import SGDL2, AdamW
+from crossvit_keras.training.optimizers import SGDL2, AdamW, layer_decay_scales
+from crossvit_keras.tuning import enable_lora, trainable_parameters
 from crossvit_keras.weights.convert import assign_weights
 
 logger = logging.getLogger(__name__)
@@ -20,9 +20,25 @@ def no_weight_decay_variables(model):
     return [v for v in model.trainable_variables if len(v.shape) <= 1 or "cls_token" in v.path or "pos_embed" in v.path]
 
 
-def build_optimizer(model, opt, learning_rate, weight_decay, *, momentum=0.9, eps=1e-8, betas=None, clip_grad=None):
-    """AdamW (DeiT) or SGD (the paper's transfer runs), without weight decay where timm has none."""
-
+def build_optimizer(
+    model,
+    opt,
+    learning_rate,
+    weight_decay,
+    *,
+    momentum=0.9,
+    eps=1e-8,
+    betas=None,
+    clip_grad=None,
+    model_ema_decay=None,
+    layer_decay=None,
+):
+    """AdamW (DeiT) or SGD (the paper's transfer runs), without weight decay where timm has none;
+    with `model_ema_decay`, an exponential moving average of the weights (Keras' `use_ema`: the
+    first update copies the weights, then ema = decay * ema + (1 - decay) * weights after every
+    update); with `layer_decay`, timm's layer-wise learning-rate scales (optimizers.layer_decay_scales)."""
+    ema = {"use_ema": True, "ema_momentum": model_ema_decay} if model_ema_decay is not None else {}
+    ema["lr_scales"] = layer_decay_scales(model, layer_decay)
     if opt == "adamw":
         beta_1, beta_2 = betas or (0.9, 0.999)
         optimizer = AdamW(
@@ -32,10 +48,16 @@ def build_optimizer(model, opt, learning_rate, weight_decay, *, momentum=0.9, ep
             beta_2=beta_2,
             epsilon=eps,
             global_clipnorm=clip_grad,
+            **ema,
         )
     elif opt == "sgd":
         optimizer = SGDL2(
-            l2=weight_decay, learning_rate=learning_rate, momentum=momentum, nesterov=True, global_clipnorm=clip_grad
+            l2=weight_decay,
+            learning_rate=learning_rate,
+            momentum=momentum,
+            nesterov=True,
+            global_clipnorm=clip_grad,
+            **ema,
         )
     else:
         raise ValueError(f"Unknown --opt {opt!r}; choose adamw or sgd.")
@@ -55,8 +77,19 @@ def transfer_weights(source, target, log=None):
 def training_model(config, num_classes):
     """The CrossViT to train (call under strategy.scope()): a new one, the hub's weights
     (`pretrained`), or `finetune`'s weights with new heads (a .keras model, or a released timm /
-    official checkpoint), all through crossvit_keras.factory."""
+    official checkpoint), all through crossvit_keras.factory; with `lora_rank`, its backbone
+    frozen and LoRA added (crossvit_keras.tuning.enable_lora)."""
+    model = _initial_model(config, num_classes)
+    if config.lora_rank:
+        enable_lora(model, config.lora_rank)
+        logger.info("--lora-rank %d: %s trainable parameters", config.lora_rank, f"{trainable_parameters(model):,}")
+    return model
+
+
+def _initial_model(config, num_classes):
     overrides = {"drop_rate": config.drop, "drop_path_rate": config.drop_path, **(config.model_overrides or {})}
+    if config.remat:
+        overrides["remat"] = True
     if config.input_size:
         overrides["image_size"] = config.input_size
     if config.fusion:
@@ -70,7 +103,7 @@ def training_model(config, num_classes):
         if not isinstance(source, CrossViT):
             raise ValueError(f"--finetune {config.finetune} is a {type(source).__name__}, not a CrossViT.")
         source_config = {**source.get_config(), "num_classes": num_classes, "dtype": None}
-        source_config.update({k: v for k, v in overrides.items() if k in ("drop_rate", "drop_path_rate")})
+        source_config.update({k: v for k, v in overrides.items() if k in ("drop_rate", "drop_path_rate", "remat")})
         if config.input_size and config.input_size != source.image_size:
             source_config["image_sizes"] = configs.scaled_image_sizes(
                 source.image_sizes, source.patch_sizes, config.input_size
@@ -103,9 +136,11 @@ def model_label(model):
     return f"{model.name} (modified: {' '.join(changes)})" if changes else model.name
 
 
-def compile_model(model, optimizer, num_classes, jit_compile="auto", steps_per_execution=1):
-    """The recipe's compile: soft-target cross-entropy, the exact loss, top-1 and top-5; with XLA
-    under mirrored strategies, each replica's step compiled (compat.split_xla_steps)."""
+def compile_model(model, optimizer, num_classes, jit_compile="auto", steps_per_execution=1, grad_accum_steps=1):
+    """The recipe's compile: soft-target cross-entropy, the exact loss, top-1 and top-5 (every
+    backend). On TensorFlow also: with XLA under mirrored strategies, each replica's step compiled
+    (compat.split_xla_steps); with grad_accum_steps N, each batch is N micro-batches and one update
+    (accumulation.accumulate_gradients)."""
     import keras
 
     model.compile(
@@ -122,4 +157,11 @@ def compile_model(model, optimizer, num_classes, jit_compile="auto", steps_per_e
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
-    return split_xla_steps(model)
+    if keras.backend.backend() != "tensorflow":  # the two steps below are TensorFlow's
+        if grad_accum_steps != 1:
+            raise ValueError("--grad-accum-steps needs the TensorFlow backend (KERAS_BACKEND=tensorflow).")
+        return model
+    from crossvit_keras.training.accumulation import accumulate_gradients
+    from crossvit_keras.training.compat import split_xla_steps
+
+    return accumulate_gradients(split_xla_steps(model), grad_accum_steps)

@@ -24,22 +24,28 @@ An output directory gets:
 
 import logging
 import os
+import shutil
 import sys
 import time
 
-from crossvit_keras.atomic import check_writable, save_model
+from crossvit_keras.atomic import check_writable, remove_empty_directories, save_model
 from crossvit_keras.branches import BRANCH_METRICS
 from crossvit_keras.export import export_saved_model
 from crossvit_keras.factory import load_model
 from crossvit_keras.training import evaluation
 from crossvit_keras.training.callbacks import (
+    CHECKPOINT,
+    EMA_VAL_METRICS,
     LOG,
+    PREVIOUS,
     callback_classes,
     check_same_run,
     check_space,
     checkpoint_files,
+    ema_evaluation,
     optimizer_step,
     read_config,
+    remove_leftovers,
     resume,
     write_json,
 )
@@ -49,9 +55,11 @@ from crossvit_keras.training.distribute import (
     distribution_settings,
     is_chief,
     make_strategy,
+    replicas_are_gpus,
     worker_index,
 )
 from crossvit_keras.training.recipe import build_optimizer, compile_model, model_label, training_model
+from crossvit_keras.tuning import restart_lora
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +79,11 @@ class Run:
 
         from crossvit_keras import data
 
+        if keras.backend.backend() != "tensorflow":  # tf.data, tf.distribute, SavedModel
+            raise ValueError(
+                f"The training recipe runs on TensorFlow; KERAS_BACKEND is {keras.backend.backend()!r}. Set "
+                "KERAS_BACKEND=tensorflow, or train with model.fit (every backend; docs/backends.md)."
+            )
         config = config.checked()
         self.config = config
         self.strategy = make_strategy(config.strategy, config.tpu)
@@ -85,19 +98,54 @@ class Run:
         self.dataset = data.open_dataset(config.data_set, config.data_path, config.tfds_manual_dir, splits)
         self.num_classes = self.dataset.num_classes
         self.global_batch = config.batch_size * self.replicas
+        self.update_batch = self.global_batch * config.grad_accum_steps  # the images of one optimizer update
         self.eval_batch = max(1, int(1.5 * config.batch_size))  # DeiT's validation batch
         self.val_steps = data.padded_size(self.dataset.val.size, self.eval_batch * self.replicas) // (
             self.eval_batch * self.replicas
         )
-        self.output_dir = config.output_dir or os.path.join("runs", config.model)
+        self.output_dir = output_directory(config)
         # every multi-worker process keeps its own checkpoint; only the chief writes the shared files
         index = worker_index(self.strategy)
         self.work_dir = self.output_dir if self.chief else os.path.join(self.output_dir, f"worker_{index}")
-        for directory in {self.output_dir, self.work_dir}:
-            check_writable(directory)  # a read-only or full output directory fails here, before training
         self.jit_compile, self.steps_per_execution = distribution_settings(
             config.jit_compile, config.steps_per_execution, self.strategy
         )
+        self.aug_device = resolve_aug_device(config.aug_device, self.strategy)
+
+    # --- output directory
+
+    created = {}  # {directory: the outermost directory its creation made}, by _make_output_directories
+    checkpointer = None  # the EpochCheckpoint callback, by prepare_train
+
+    def _make_output_directories(self):
+        """Creates the output directory (and a worker's own): a read-only or full one fails here,
+        before training; `remove_unused_output` removes them again after a run that wrote nothing useful."""
+        self.created = {}
+        for directory in dict.fromkeys((self.output_dir, self.work_dir)):
+            top = check_writable(directory)
+            if top:
+                self.created[directory] = top
+
+    def remove_unused_output(self):
+        """After a failed or interrupted run: removes each output directory this run created that
+        holds no checkpoint, model or results (config.json and logs alone are of no use); returns them."""
+        removed = []
+        for directory, top in self.created.items():
+            if os.path.isdir(directory) and not _holds_results(directory):
+                shutil.rmtree(directory, ignore_errors=True)
+                remove_empty_directories(top, os.path.dirname(os.path.abspath(directory)))
+                removed.append(directory)
+        return removed
+
+    def last_checkpoint(self):
+        """(path, epochs done or None if unknown) of the checkpoint a rerun resumes from, or None."""
+        files = checkpoint_files(self.work_dir)
+        if not files:
+            return None
+        epochs = self.checkpointer.epochs_done if self.checkpointer else None
+        if epochs is None and self.checkpointer is not None:  # resumed, nothing saved since
+            epochs = self.initial_epoch
+        return files[0], epochs
 
     # --- data
 
@@ -130,11 +178,11 @@ class Run:
         config = self.config
         repeats = REPEATS if self.repeated_aug else 1
 
-        def make(context):
+        def make(context, remote=False):
             return data.train_dataset(
                 self.dataset.train,
                 image_size,
-                context.get_per_replica_batch_size(self.global_batch),
+                context.get_per_replica_batch_size(self.update_batch),  # --grad-accum-steps micro-batches
                 self.num_classes,
                 scale=tuple(config.scale),
                 ratio=tuple(config.ratio),
@@ -143,11 +191,30 @@ class Run:
                 reprob=config.reprob,
                 mixup=config.mixup_cutmix(self.num_classes),
                 repeated_aug=repeats,
-                input_context=context,
-                seed=config.seed,
+                input_context=None if remote else context,
+                seed=None if remote else config.seed,
+                remote=remote,
+                aug_device=self.aug_device,
             )
 
+        if config.data_service:
+            return self._distribute(self._through_data_service(make))
         return self._distribute(make)
+
+    def _through_data_service(self, make):
+        """`make` run by the tf.data service's workers (crossvit_keras.data.service): unseeded, so
+        that each worker draws its own crops and augmentations, and unsharded, since every trainer
+        takes its own batches from the one job all trainers of this run share."""
+        from crossvit_keras.data import service
+
+        job_name = f"crossvit-keras:{os.path.normpath(self.output_dir)}"
+
+        def through_service(context):
+            with service.unseeded(restore_seed=self.config.seed + worker_index(self.strategy)):
+                dataset = make(context, remote=True)
+            return service.distribute(dataset, self.config.data_service, job_name)
+
+        return through_service
 
     # --- training
 
@@ -158,18 +225,19 @@ class Run:
         from crossvit_keras.training.schedules import WarmupCosine
 
         config = self.config
+        self._make_output_directories()
         train_size = self.dataset.train.size
-        steps_per_epoch = train_size // self.global_batch
+        steps_per_epoch = train_size // self.update_batch  # optimizer updates
         if steps_per_epoch < 1:
             raise ValueError(
                 f"The training set has {train_size} images, fewer than one global batch "
-                f"({config.batch_size} per replica x {self.replicas} replicas = {self.global_batch}); "
-                "lower --batch-size."
+                f"({config.batch_size} per replica x {self.replicas} replicas x {config.grad_accum_steps} "
+                f"accumulation steps = {self.update_batch}); lower --batch-size or --grad-accum-steps."
             )
         self.repeated_aug = (
             config.repeated_aug if config.repeated_aug is not None else config.model.startswith("crossvit_18")
         )
-        lr = config.lr if config.unscale_lr else config.lr * self.global_batch / 512
+        lr = config.lr if config.unscale_lr else config.lr * self.update_batch / 512
         schedule = WarmupCosine(
             lr, config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch, config.warmup_lr, config.min_lr
         )
@@ -184,8 +252,17 @@ class Run:
                 eps=config.opt_eps,
                 betas=config.opt_betas,
                 clip_grad=config.clip_grad,
+                model_ema_decay=config.model_ema_decay if config.model_ema else None,
+                layer_decay=config.layer_decay,
             )
-            compile_model(model, optimizer, self.num_classes, self.jit_compile, self.steps_per_execution)
+            compile_model(
+                model, optimizer, self.num_classes, self.jit_compile, self.steps_per_execution, config.grad_accum_steps
+            )
+            if self.aug_device == "accelerator":  # the batch augmentations: first stage of the train step
+                from crossvit_keras.data import augment_on_device, device_augment
+
+                augment = device_augment(config.aa, config.reprob, config.mixup_cutmix(self.num_classes))
+                augment_on_device(model, augment)
 
         record = {
             **config.to_json(),
@@ -193,12 +270,14 @@ class Run:
             "replicas_in_sync": self.replicas,
             "strategy": describe_strategy(self.strategy),
             "global_batch_size": self.global_batch,
+            "effective_batch_size": self.update_batch,  # per optimizer update: x --grad-accum-steps
             "scaled_lr": lr,
             "steps_per_epoch": steps_per_epoch,
             "total_steps": schedule.total_steps,
             "warmup_steps": schedule.warmup_steps,
             "repeated_aug": self.repeated_aug,
             "jit_compile": self.jit_compile,
+            "aug_device": self.aug_device,
             "steps_per_execution": self.steps_per_execution,
             "dataset": {
                 "name": self.dataset.name,
@@ -213,20 +292,24 @@ class Run:
         config_path = os.path.join(self.output_dir, "config.json")
         if checkpoint_files(self.work_dir) and os.path.exists(config_path):  # resuming: the same run?
             check_same_run(read_config(config_path), record, config_path)
+        remove_leftovers(self.work_dir)
         check_space(model, self.work_dir)
         with self.strategy.scope():
             initial_epoch = resume(model, self.work_dir, config.resume, steps_per_epoch)
+            if config.lora_rank and initial_epoch:  # the checkpoint holds merged kernels: adapt on from them
+                restart_lora(model)
         if self.chief:
             write_json(config_path, record)
         logger.info(
-            "%s: %s parameters, %d classes; global batch %d = %d per replica x %d replicas; lr %.3g; "
+            "%s: %s parameters, %d classes; global batch %d = %d per replica x %d replicas%s; lr %.3g; "
             "%d steps per epoch; %s",
             model_label(model),
             f"{model.count_params():,}",
             self.num_classes,
-            self.global_batch,
+            self.update_batch,
             config.batch_size,
             self.replicas,
+            f" x {config.grad_accum_steps} accumulated micro-batches" if config.grad_accum_steps > 1 else "",
             lr,
             steps_per_epoch,
             self.dataset.train.description,
@@ -237,9 +320,13 @@ class Run:
         callbacks = [
             StopOnNaN(),
             evaluation.BranchAccuracy(lambda: self._evaluate(model, verbose=0)),  # before the callbacks that log
+        ]
+        self.ema_evaluation = ema_evaluation(lambda: self._evaluate(model, verbose=0)) if config.model_ema else None
+        callbacks += [self.ema_evaluation] if self.ema_evaluation else []
+        callbacks += [
             EpochLog(
                 os.path.join(self.output_dir, LOG),
-                self.global_batch,
+                self.update_batch,
                 steps_per_epoch,
                 self.replicas,
                 schedule,
@@ -252,7 +339,8 @@ class Run:
                     os.path.join(self.output_dir, "tensorboard"), write_graph=False, profile_batch=0
                 )
             )
-        callbacks.append(EpochCheckpoint(self.work_dir))
+        self.checkpointer = EpochCheckpoint(self.work_dir)
+        callbacks.append(self.checkpointer)
         self.model, self.callbacks = model, callbacks
         self.steps_per_epoch, self.initial_epoch = steps_per_epoch, initial_epoch
         return self.fit
@@ -274,11 +362,15 @@ class Run:
             shuffle=False,
         )
         seconds = time.perf_counter() - start
+        if self.ema_evaluation and not config.model_ema_export:  # fit ended by putting the EMA weights in
+            self.ema_evaluation.restore_raw_weights()
         metrics = {k: float(v[-1]) for k, v in history.history.items() if v}
+        ema_metrics = {k[4:]: metrics[k] for k in EMA_VAL_METRICS if k in metrics}
         if "val_top1" not in metrics:  # nothing left to train: evaluate what the checkpoint holds
             metrics = self._evaluate(model)
         else:
             metrics = {k[4:]: metrics[k] for k in ("val_loss", "val_top1", "val_top5", *BRANCH_VAL_METRICS)}
+        metrics.update(ema_metrics)  # loss_ema, top1_ema, top5_ema: the EMA weights
         self._report(metrics, model_label(model))
         if self.chief:
             self._write_artefacts(model, metrics, seconds)
@@ -310,6 +402,8 @@ class Run:
             "val_top5": metrics["top5"],
             "val_loss": metrics["loss"],
             **{f"val_{k}": metrics[k] for k in BRANCH_METRICS},
+            **{f"val_{k}": v for k, v in metrics.items() if k.endswith("_ema")},
+            "exported_weights": "ema" if self.config.model_ema and self.config.model_ema_export else "raw",
             "val_images": self.dataset.val.size,
             "replicas_in_sync": self.replicas,
             "optimizer_step": optimizer_step(model),
@@ -340,7 +434,8 @@ class Run:
     def _report(self, metrics, name):
         from crossvit_keras.data.pipeline import UNREADABLE
 
-        skipped = f", {UNREADABLE.count} unreadable image(s) skipped" if UNREADABLE.count else ""
+        first = "; ".join(UNREADABLE.first)
+        skipped = f", {UNREADABLE.count} image(s) skipped (first: {first})" if UNREADABLE.count else ""
         logger.info(
             "%s on %s: top-1 %.2f%%  top-5 %.2f%%  loss %.4f; one branch alone: small %.2f%%, large %.2f%%%s",
             name,
@@ -357,6 +452,8 @@ class Run:
         """--eval: top-1 / top-5 of --resume FILE (a .keras model, or a released checkpoint for
         --model) or of OUTPUT_DIR/model.keras, on the validation split."""
         config = self.config
+        if config.output_dir:  # for eval.json
+            self._make_output_directories()
         path = config.resume or os.path.join(self.output_dir, FINAL_MODEL)
         pretrained = config.pretrained and not config.resume
         if not pretrained and not os.path.isfile(path):
@@ -395,6 +492,29 @@ class Run:
                 },
             )
         return metrics
+
+
+def resolve_aug_device(setting, strategy):
+    """--aug-device: host or accelerator as given; auto: accelerator when the replicas are GPUs or TPUs."""
+    if setting != "auto":
+        return setting
+    import tensorflow as tf
+
+    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+    return "accelerator" if on_tpu or replicas_are_gpus(strategy) else "host"
+
+
+def output_directory(config):
+    """--output_dir, by default runs/<model>."""
+    return config.output_dir or os.path.join("runs", config.model)
+
+
+# What makes an output directory worth keeping after a failure: something to resume or use.
+RESULTS = (CHECKPOINT, PREVIOUS, FINAL_MODEL, "results.json", "eval.json")
+
+
+def _holds_results(directory):
+    return any(name in RESULTS for _, _, names in os.walk(directory) for name in names)
 
 
 def _has_tensorboard():
