@@ -16,7 +16,20 @@ from crossvit_keras import configs
 from crossvit_keras.ablations import count_macs
 
 BENCHMARKS = os.path.join(REPO, "benchmarks")
-SCRIPTS = ("speed", "deploy", "gpu", "fusion_scaling", "macs", "input_pipeline")
+SCRIPTS = (
+    "speed",
+    "deploy",
+    "gpu",
+    "fusion_scaling",
+    "macs",
+    "input_pipeline",
+    "shards",
+    "fit_step",
+    "grad_accum",
+    "lora",
+    "quantize",
+    "remat",
+)
 
 
 def benchmark(name):
