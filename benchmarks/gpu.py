@@ -131,7 +131,7 @@ def training_data(strategy, spec, image_size, model):
     split = pipelines.open_dataset(*source, splits=("train",)).train
     mixup = pipelines.augment.MixupCutmix(CLASSES)  # DeiT's: Mixup 0.8, CutMix 1.0, smoothing 0.1
     if on_device:
-        pipelines.augment_on_device(model, pipelines.device_augment(mixup=mixup))
+        pipelines.augment_on_device(model, pipelines.device_augment(image_size, mixup=mixup))
 
     def make(context):
         per_replica = context.get_per_replica_batch_size(batch)

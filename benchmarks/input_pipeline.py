@@ -19,6 +19,7 @@ is reported), so that a change in the machine's load hits all pipelines alike.
 """
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -82,7 +83,11 @@ class OwnPipeline:
     """crossvit_keras.data.train_dataset in one mode, made once, timed as often as asked."""
 
     def __init__(self, dataset, aug_device, image_size, batch_size, threads, aa):
+        import tensorflow as tf
+
         from crossvit_keras.data import augment, train_dataset
+
+        self.tf = tf
 
         mixup = augment.MixupCutmix(dataset.num_classes)
         stream = train_dataset(
@@ -95,21 +100,27 @@ class OwnPipeline:
             threads=threads,
             aug_device=aug_device,
         )
-        self.iterator = iter(stream)
+        self.stream = stream
         self.batch_size = batch_size
 
     def measure(self, batches):
-        for _ in range(3):  # warm-up: tracing, thread start, the prefetch buffer refilled
-            next(self.iterator)
+        # A fresh iterator each time, dropped after: no other pipeline's threads refill their
+        # buffers while this one is timed (process CPU time counts every thread).
+        iterator = iter(self.stream)
+        for _ in range(3):  # warm-up: thread start, the buffers filled
+            next(iterator)
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(batches):
-            images, _ = next(self.iterator)
-        images.numpy()
+            images, _ = next(iterator)
+        self.tf.nest.flatten(images)[0].numpy()  # accelerator mode: (canvases, crop sizes)
         count = batches * self.batch_size
-        return {
+        result = {
             "img_per_s": count / (time.perf_counter() - start),
             "img_per_core_s": count / (time.process_time() - cpu),
         }
+        del iterator
+        gc.collect()
+        return result
 
 
 def measure_timm(python, folder, image_size, batch_size, batches, aa):

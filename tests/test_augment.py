@@ -83,6 +83,54 @@ def test_decode_crop_flip_gives_uint8():
     assert crop.shape == (48, 48, 3) and crop.dtype == tf.uint8
 
 
+def _smooth(shape, seed=0):
+    coarse = np.random.default_rng(seed).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize(shape[::-1], Image.BICUBIC))
+
+
+@pytest.mark.parametrize("crop", [(70, 50), (24, 24), (11, 17), (96, 96), (96, 30)])
+def test_device_resize_is_pils_antialiased_bicubic(crop):
+    """resize_crops on a canvas = TensorFlow's antialiased bicubic resize of the crop (to float
+    rounding) = PIL's (up to PIL's rounding and clipping to uint8 between its two passes)."""
+    from crossvit_keras.data import batch_augment
+
+    pixels = _smooth(crop)
+    canvas = np.zeros((1, 96, 96, 3), np.uint8)
+    canvas[0, : crop[0], : crop[1]] = pixels
+    out = batch_augment.resize_crops(tf.constant(canvas), tf.constant([crop]), 24)[0].numpy()
+    pil = np.asarray(Image.fromarray(pixels).resize((24, 24), Image.BICUBIC))
+    assert np.abs(out - pil).mean() < 0.3
+    tf_resized = tf.image.resize(pixels, [24, 24], "bicubic", antialias=True).numpy()
+    assert np.abs(out - np.clip(np.round(tf_resized), 0, 255)).max() <= 1
+
+
+def test_decode_crop_unresized_is_the_host_crop_before_its_resize():
+    """A crop that fits the canvas (2 x size) is decoded at full size, the host path's crop before
+    its resize; a larger one is decoded at 1/2 (or 1/4, 1/8) of its size by the JPEG decoder's DCT
+    scaling."""
+    from crossvit_keras.data import batch_augment
+
+    contents = tf.constant(encoded((120, 160, 3)))
+    for seed in range(6):
+        tf.random.set_seed(seed)
+        box = augment.random_resized_crop_box(120, 160).numpy()
+        tf.random.set_seed(seed)
+        crop = augment.decode_crop_unresized(contents, 48, hflip=0.0)
+        tf.random.set_seed(seed)
+        host = augment.decode_random_crop(contents, 48).numpy()
+        assert crop.dtype == tf.uint8
+        if max(box[2:]) <= 96:
+            assert crop.shape[:2] == tuple(box[2:])
+            canvas = tf.image.pad_to_bounding_box(crop, 0, 0, 96, 96)
+            device = batch_augment.resize_crops(canvas[None], tf.shape(crop)[None, :2], 48)[0].numpy()
+            assert np.abs(device - np.round(host)).max() <= 1
+        else:
+            assert crop.shape[:2] == tuple((box[2:] + 1) // 2)
+    tf.random.set_seed(0)
+    crop = augment.decode_crop_unresized(tf.constant(encoded((200, 100, 3), fmt="PNG")), 24, (0.9, 1.0))
+    assert max(crop.shape[:2]) == 48  # other formats: resized to fit the canvas
+
+
 def test_smoothed_one_hot_is_timms():
     targets = augment.smooth_one_hot(tf.constant([2, 0]), 4, 0.1).numpy()
     np.testing.assert_allclose(targets[0], [0.025, 0.025, 0.925, 0.025])

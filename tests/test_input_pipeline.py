@@ -159,31 +159,37 @@ def test_train_dataset_modes(tmp_path, aug_device):
     mixup = augment.MixupCutmix(2)
     stream = data.train_dataset(dataset.train, 32, 4, 2, mixup=mixup, aug_device=aug_device, threads=1)
     images, targets = next(iter(stream))
-    assert images.shape == (4, 32, 32, 3) and targets.shape == (4, 2)
+    assert targets.shape == (4, 2)
     np.testing.assert_allclose(targets.numpy().sum(1), 1.0, rtol=1e-5)
     if aug_device == "host":
-        assert images.dtype == tf.float32
+        assert images.shape == (4, 32, 32, 3) and images.dtype == tf.float32
     else:
-        assert images.dtype == tf.uint8
+        canvases, crop_sizes = images  # the crops, not yet resized, at the top left of 64 x 64 canvases
+        assert canvases.shape == (4, 64, 64, 3) and canvases.dtype == tf.uint8
+        sizes = crop_sizes.numpy()
+        assert sizes.shape == (4, 2) and (sizes >= 1).all() and (sizes <= 64).all()
+        for canvas, (h, w) in zip(canvases.numpy(), sizes, strict=True):
+            assert not canvas[h:].any() and not canvas[:, w:].any()  # zero outside the crop
         np.testing.assert_allclose(np.unique(targets), [0.05, 0.95], rtol=1e-6)  # smoothed, not mixed
-        out, mixed = data.device_augment(mixup=mixup)(images, targets)
-        assert out.dtype == tf.float32 and out.shape == images.shape
+        out, mixed = data.device_augment(32, mixup=mixup)(images, targets)
+        assert out.dtype == tf.float32 and out.shape == (4, 32, 32, 3)
     with pytest.raises(ValueError, match="aug_device"):
         data.train_dataset(dataset.train, 32, 4, 2, aug_device="gpu")
 
 
 @pytest.mark.slow
 def test_device_augment_compiles_with_xla():
-    images = tf.constant(np.stack([_image(2), _image(3)]), tf.uint8)
-    compiled = tf.function(data.device_augment(mixup=augment.MixupCutmix(4)), jit_compile=True)
-    out, targets = compiled(images, tf.one_hot([0, 3], 4))
-    assert out.shape == (2, 40, 48, 3) and out.dtype == tf.float32
+    canvases = tf.constant(np.stack([_image(2), _image(3)]), tf.uint8)  # 40 x 48
+    compiled = tf.function(data.device_augment(24, mixup=augment.MixupCutmix(4)), jit_compile=True)
+    out, targets = compiled((canvases, tf.constant([[40, 48], [20, 30]])), tf.one_hot([0, 3], 4))
+    assert out.shape == (2, 24, 24, 3) and out.dtype == tf.float32
     np.testing.assert_allclose(targets.numpy().sum(1), 1.0, rtol=1e-5)
 
 
 def test_accelerator_stage_trains_a_small_model():
-    """augment_on_device: the train step takes uint8 images and smoothed targets and runs the batch
-    augmentations itself (the recipe's CrossViT under MirroredStrategy and XLA: the slow tests)."""
+    """augment_on_device: the train step takes uint8 canvases with their crops' sizes and smoothed
+    targets, and runs the resize and the batch augmentations itself (the recipe's CrossViT under
+    MirroredStrategy and XLA: the slow tests)."""
     import keras
 
     from crossvit_keras import training
@@ -193,11 +199,12 @@ def test_accelerator_stage_trains_a_small_model():
     training.compile_model(model, keras.optimizers.AdamW(1e-3), 5, jit_compile=False)
     seen = []
     model.train_step = (lambda step: lambda batch: (seen.append(batch[0].dtype), step(batch))[1])(model.train_step)
-    data.augment_on_device(model, data.device_augment(mixup=augment.MixupCutmix(5)))
+    data.augment_on_device(model, data.device_augment(24, mixup=augment.MixupCutmix(5)))
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (8, 24, 24, 3), dtype=np.uint8)
+    canvases = rng.integers(0, 256, (8, 48, 48, 3), dtype=np.uint8)
+    crop_sizes = rng.integers(10, 49, (8, 2)).astype(np.int32)
     targets = augment.smooth_one_hot(np.arange(8) % 5, 5, 0.1).numpy()
-    history = model.fit(images, targets, batch_size=4, epochs=1, verbose=0)
+    history = model.fit((canvases, crop_sizes), targets, batch_size=4, epochs=1, verbose=0)
     assert len(history.history["loss"]) == 1 and np.isfinite(history.history["loss"][0])
     assert seen and all(dtype == tf.float32 for dtype in seen)  # the model's step got augmented float images
 

@@ -64,23 +64,31 @@ def test_lora_freezes_the_backbone_trains_the_head_and_merges(tmp_path):
 
 @pytest.mark.parametrize("mode", ["int8", pytest.param("float8", marks=pytest.mark.slow)])  # float8 is emulated
 def test_quantized_models_load_in_a_fresh_process(tmp_path, mode):
-    model = tiny_model(num_classes=5)
-    x = images(model, 3)
-    np.save(tmp_path / "x.npy", x)
-    reference = model(x)
-    with warnings.catch_warnings():  # Keras names each layer type it does not quantize
-        warnings.simplefilter("ignore")
-        model.quantize(mode)
-    logits = model(x).numpy()
+    # Both halves in fresh processes: Keras' quantize slows down with every layer a long-lived
+    # process has made (minutes at the end of the suite, seconds alone).
+    quantize = (
+        "import sys, warnings, numpy as np, crossvit_keras\n"
+        "overrides = crossvit_keras.configs.TEST_OVERRIDES\n"
+        "model = crossvit_keras.create_model('crossvit_tiny_240', num_classes=5, **overrides)\n"
+        "x = np.random.default_rng(0).uniform(-1, 1, (3, model.image_size, model.image_size, 3)).astype('float32')\n"
+        "reference = model(x).numpy()\n"
+        "with warnings.catch_warnings():\n"
+        "    warnings.simplefilter('ignore')\n"
+        f"    model.quantize('{mode}')\n"
+        "logits = model(x).numpy()\n"
+        "np.save(sys.argv[1] + '/x.npy', x); np.save(sys.argv[1] + '/reference.npy', reference)\n"
+        f"np.save(sys.argv[1] + '/quantized.npy', logits); model.save(sys.argv[1] + '/{mode}.keras')\n"
+    )
+    run_python(quantize, tmp_path, timeout=300)
+    reference, logits = np.load(tmp_path / "reference.npy"), np.load(tmp_path / "quantized.npy")
     assert 0 < np.abs(logits - reference).max() < 0.5 * np.abs(reference).max()  # float8: 3 mantissa bits
-    model.save(tmp_path / f"{mode}.keras")
-    code = (
+    load = (
         "import sys, numpy as np, crossvit_keras\n"
         f"model = crossvit_keras.load_model(sys.argv[1] + '/{mode}.keras')\n"
         f"np.save(sys.argv[1] + '/{mode}.npy', model(np.load(sys.argv[1] + '/x.npy')))\n"
         "print(sorted({l.quantization_mode for l in model._flatten_layers() if l.quantization_mode}))\n"
     )
-    out = run_python(code, tmp_path, timeout=300)
+    out = run_python(load, tmp_path, timeout=300)
     assert out.split() == [f"['{mode}']"]
     np.testing.assert_array_equal(np.load(tmp_path / f"{mode}.npy"), logits)
 

@@ -90,6 +90,59 @@ def decode_crop_flip(contents, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hf
     return random_flip(tf.cast(tf.round(decode_random_crop(contents, size, scale, ratio)), tf.uint8), hflip)
 
 
+def decode_crop_unresized(contents, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5):
+    """The host's per-image work when the resize runs on the accelerator: encoded bytes -> the
+    random resized crop's box, decoded and randomly flipped, not yet resized: uint8 [h, w, 3] with
+    h, w <= 2 * size (the pipeline pads a batch of them to 2 * size squares, their canvases;
+    batch_augment.resize_crops resizes them on the device, as decode_random_crop does here).
+
+    A crop wider or taller than the canvas is decoded at 1/2, 1/4 or 1/8 of its size by the JPEG
+    decoder's DCT scaling (the first that fits); other formats, and the rare crop that still does
+    not fit, are resized to fit (antialiased bicubic, keeping the aspect ratio)."""
+    canvas = 2 * size
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(contents)
+        top, left, h, w = tf.unstack(random_resized_crop_box(shape[0], shape[1], scale, ratio))
+        longer = tf.maximum(h, w)
+        # the smallest of the decoder's scalings 1, 1/2, 1/4, 1/8 that brings the crop into the canvas
+        step = tf.reduce_sum(tf.cast(longer > canvas * tf.constant([1, 2, 4]), tf.int32))
+
+        def decode_scaled(factor):
+            """The crop decoded at 1/factor: its window in the scaled image's pixels."""
+            scaled_h, scaled_w = -(-shape[0] // factor), -(-shape[1] // factor)
+            top_s, left_s = top // factor, left // factor
+            h_s = tf.clip_by_value((h + factor // 2) // factor, 1, scaled_h - top_s)
+            w_s = tf.clip_by_value((w + factor // 2) // factor, 1, scaled_w - left_s)
+            return tf.image.decode_and_crop_jpeg(
+                contents, tf.stack([top_s, left_s, h_s, w_s]), channels=3, ratio=factor
+            )
+
+        return tf.switch_case(step, [lambda factor=factor: decode_scaled(factor) for factor in (1, 2, 4, 8)])
+
+    def other():
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        shape = tf.shape(image)
+        top, left, h, w = tf.unstack(random_resized_crop_box(shape[0], shape[1], scale, ratio))
+        return image[top : top + h, left : left + w]
+
+    crop = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    return random_flip(_fit_canvas(crop, canvas), hflip)
+
+
+def _fit_canvas(crop, canvas):
+    """A crop larger than canvas x canvas, resized (antialiased bicubic, keeping its aspect ratio) to fit."""
+    shape = tf.shape(crop)[:2]
+
+    def shrink():
+        factor = canvas / tf.cast(tf.reduce_max(shape), tf.float32)
+        new = tf.maximum(1, tf.cast(tf.round(tf.cast(shape, tf.float32) * factor), tf.int32))
+        resized = tf.image.resize(crop, tf.minimum(new, canvas), method="bicubic", antialias=True)
+        return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+
+    return tf.cond(tf.reduce_max(shape) > canvas, shrink, lambda: crop)
+
+
 def random_flip(image, probability=0.5):
     """Horizontal flip of an [H, W, C] image with the given probability."""
     if probability <= 0:

@@ -235,7 +235,7 @@ PIXEL_OPS = {
 
 class RandAugment:
     """timm's RandAugment with its "increasing" ops (inc1), on a batch [B, H, W, 3] of pixel values
-    in [0, 255] (float or uint8) -> float32 pixel values (integers) in [0, 255].
+    in [0, 255] (uint8, or float: rounded) -> float32 pixel values (integers) in [0, 255].
 
     Per image and layer, as timm's RandAugment/AugmentOp: an op drawn uniformly from OPS (with
     replacement), applied with probability `prob`, magnitude ~ N(magnitude, magnitude_std) clipped
@@ -272,10 +272,11 @@ class RandAugment:
         return self._apply_partitioned(images, op, magnitude, sign)
 
     def __call__(self, images):
-        images = tf.cast(images, tf.float32)
+        if self.static_shapes:
+            images = tf.cast(images, tf.float32)
         for _ in range(self.num_layers):
             images = self.apply(images, *self.sample(tf.shape(images)[0]))
-        return images
+        return tf.cast(images, tf.float32)
 
     def _apply_all(self, images, op, magnitude, sign):
         shape = tf.shape(images)
@@ -291,6 +292,10 @@ class RandAugment:
         return out
 
     def _apply_partitioned(self, images, op, magnitude, sign):
+        # held between the ops as PIL holds them, uint8: a quarter of float32's memory traffic
+        dtype = images.dtype
+        if dtype != tf.uint8:
+            images = tf.cast(_pixels(tf.cast(images, tf.float32)), tf.uint8)
         # branches: one per pixel op, one for all geometric ops (one warp), one for no op
         branch_of_op = [len(PIXEL_OPS) if name in GEOMETRIC else list(PIXEL_OPS).index(name) for name in OPS]
         branch = tf.gather(tf.constant(branch_of_op + [len(PIXEL_OPS) + 1]), op)
@@ -300,13 +305,15 @@ class RandAugment:
         magnitudes = tf.dynamic_partition(magnitude, branch, parts)
         signs = tf.dynamic_partition(sign, branch, parts)
         ops = tf.dynamic_partition(op, branch, parts)
-        outputs = [function(image_parts[i], magnitudes[i], signs[i]) for i, function in enumerate(PIXEL_OPS.values())]
+        parts = [tf.cast(part, tf.float32) for part in image_parts[:-1]]  # each op's result: integers
+        outputs = [function(parts[i], magnitudes[i], signs[i]) for i, function in enumerate(PIXEL_OPS.values())]
         g = len(PIXEL_OPS)
         shape = tf.shape(images)
         transforms = affine_transforms(ops[g], magnitudes[g], signs[g], shape[1], shape[2])
-        outputs.append(warp(image_parts[g], transforms))
-        outputs.append(image_parts[g + 1])
-        return tf.reshape(tf.dynamic_stitch(indices, outputs), shape)
+        outputs.append(warp(parts[g], transforms))
+        outputs = [tf.cast(output, tf.uint8) for output in outputs] + [image_parts[g + 1]]
+        images = tf.reshape(tf.dynamic_stitch(indices, outputs), shape)
+        return images if dtype == tf.uint8 else tf.cast(images, dtype)
 
 
 def erasing_boxes(batch, height, width, probability=0.25, min_area=0.02, max_area=1 / 3, min_aspect=0.3):
@@ -376,44 +383,93 @@ class BatchAugment:
         return tf.reshape(flat, shape)
 
     def mix_and_normalize(self, images, targets):
-        """timm's batch Mixup/CutMix (image i with image B-1-i), then normalisation, in one pass."""
-        std = np.asarray(IMAGENET_STD, np.float32)
-        size = images.shape[1:] if images.shape[1:].is_fully_defined() else [1, 1, 3]
-        # constants of the image's shape: TensorFlow's per-channel broadcast is slow
-        scale = tf.constant(np.broadcast_to(1.0 / (255.0 * std), size))
-        offset = tf.constant(np.broadcast_to(-np.asarray(IMAGENET_MEAN, np.float32) / std, size))
+        """timm's batch Mixup/CutMix (image i with image B-1-i), then normalisation, in one pass:
+        on the host through XLA (tf.function(jit_compile=True) fuses it into one loop over the
+        batch; TensorFlow's ops would take five), on the accelerator as part of the train step."""
         mixup = self.mixup
         if mixup is None or not mixup.active:
-            return images * scale + offset, targets
-        lam, use_cutmix = mixup.params()
-        shape = tf.shape(images)
-        top, bottom, left, right, box_lam = mixup.cutmix_box(shape[1], shape[2], lam)
-
-        def cutmix():
-            if self.static_shapes:
-                rows = tf.range(shape[1])[None, :, None, None]
-                cols = tf.range(shape[2])[None, None, :, None]
-                inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
-                return tf.where(inside, tf.reverse(images, axis=[0]), images) * scale + offset, box_lam
-            band = images[:, top:bottom]  # the box's rows: the box from the flipped batch, the rest as is
-            box = tf.reverse(band[:, :, left:right], axis=[0])
-            band = tf.concat([band[:, :, :left], box, band[:, :, right:]], axis=2)
-            mixed = tf.concat([images[:, :top], band, images[:, bottom:]], axis=1)
-            return mixed * scale + offset, box_lam
-
-        def mix():
-            return images * (lam * scale) + (tf.reverse(images, axis=[0]) * ((1.0 - lam) * scale) + offset), lam
-
-        images, lam = tf.cond(use_cutmix, cutmix, mix)
+            lam, use_cutmix, box = tf.constant(1.0), tf.constant(False), tf.zeros([4], tf.int32)
+        else:
+            lam, use_cutmix = mixup.params()
+            shape = tf.shape(images)
+            *box, box_lam = mixup.cutmix_box(shape[1], shape[2], lam)
+            lam, box = tf.where(use_cutmix, box_lam, lam), tf.stack(box)
+        mix = _mix_and_normalize if self.static_shapes else _mix_and_normalize_compiled
+        images = mix(images, lam, use_cutmix, box)
         return images, targets * lam + tf.reverse(targets, axis=[0]) * (1.0 - lam)
 
     def __call__(self, images, targets):
         shape = images.shape
-        images = tf.cast(images, tf.float32)
         if self.rand_augment is not None:
             images = tf.ensure_shape(self.rand_augment(images), shape)
+        images = tf.cast(images, tf.float32)
         images = tf.ensure_shape(self.erase(images), shape)
         return self.mix_and_normalize(images, tf.cast(targets, tf.float32))
+
+
+def _bicubic_weights(in_sizes, in_extent, out_size):
+    """PIL's antialiased bicubic resize (a = -0.5, support widened by the downscale factor) as
+    matrices [B, out_size, in_extent]: row i weighs the input pixels of output pixel i; pixels at
+    or past in_sizes[b] (the canvas' padding) get weight 0, and each row sums to 1."""
+    in_sizes = tf.cast(in_sizes, tf.float32)[:, None, None]
+    scale = in_sizes / out_size
+    support = tf.maximum(scale, 1.0)  # the kernel's widening: 1 when upscaling
+    center = (tf.range(out_size, dtype=tf.float32)[None, :, None] + 0.5) * scale
+    pixel = tf.range(in_extent, dtype=tf.float32)[None, None, :]
+    x = tf.abs(pixel + 0.5 - center) / support
+    a = -0.5
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0  # |x| < 1
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a  # 1 <= |x| < 2
+    weights = tf.where(x < 1.0, near, tf.where(x < 2.0, far, 0.0))
+    weights = tf.where(pixel < in_sizes, weights, 0.0)
+    return weights / tf.reduce_sum(weights, axis=2, keepdims=True)
+
+
+def resize_crops(canvases, crop_sizes, size):
+    """Each image's crop (the top-left crop_sizes[b] = (h, w) of its uint8 canvas [B, C, C, 3]),
+    resized to float32 [B, size, size, 3] pixel values with PIL's antialiased bicubic (as timm's
+    RandomResizedCrop), rounded and clipped as PIL's uint8 images. Two batched matrix products with
+    per-image weights: fixed shapes, for the accelerator (XLA compiles it)."""
+    extent = canvases.shape[1]
+    rows = _bicubic_weights(crop_sizes[:, 0], extent, size)  # [B, size, C]
+    cols = _bicubic_weights(crop_sizes[:, 1], canvases.shape[2], size)
+    images = tf.cast(canvases, tf.float32)
+    images = tf.einsum("bih,bhwc->biwc", rows, images)
+    images = tf.einsum("bjw,biwc->bijc", cols, images)
+    return _pixels(images)
+
+
+class DeviceAugment:
+    """The accelerator's part of the recipe: ((canvases uint8 [B, C, C, 3], crop sizes [B, 2]),
+    targets) -> resize_crops to image_size, then a BatchAugment with static shapes."""
+
+    def __init__(self, image_size, aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=None):
+        self.image_size = image_size
+        self.batch_augment = BatchAugment(aa, reprob, mixup, static_shapes=True)
+
+    def __call__(self, crops, targets):
+        canvases, crop_sizes = crops
+        return self.batch_augment(resize_crops(canvases, crop_sizes, self.image_size), targets)
+
+
+def _mix_and_normalize(images, lam, use_cutmix, box):
+    """images [B, H, W, 3] pixel values -> normalised: with CutMix (use_cutmix), the box (top,
+    bottom, left, right) of image i from image B-1-i; else lam * image i + (1 - lam) * image B-1-i."""
+    std = np.asarray(IMAGENET_STD, np.float32)
+    size = images.shape[1:] if images.shape[1:].is_fully_defined() else [1, 1, 3]
+    # constants of the image's shape: TensorFlow's per-channel broadcast is slow
+    scale = tf.constant(np.broadcast_to(1.0 / (255.0 * std), size))
+    offset = tf.constant(np.broadcast_to(-np.asarray(IMAGENET_MEAN, np.float32) / std, size))
+    partners = tf.reverse(images, axis=[0])
+    shape = tf.shape(images)
+    rows = tf.range(shape[1])[None, :, None, None]
+    cols = tf.range(shape[2])[None, None, :, None]
+    inside = (rows >= box[0]) & (rows < box[1]) & (cols >= box[2]) & (cols < box[3])
+    mixed = tf.where(use_cutmix, tf.where(inside, partners, images), lam * images + (1.0 - lam) * partners)
+    return mixed * scale + offset
+
+
+_mix_and_normalize_compiled = tf.function(_mix_and_normalize, jit_compile=True)
 
 
 def smoothed_targets(labels, num_classes, mixup=None):

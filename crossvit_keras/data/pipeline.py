@@ -37,7 +37,7 @@ class UnreadableImages:
         self.count = 0
         self.first = []  # the first five, "name (why)"
 
-    def report(self, name, problem=b"unreadable or corrupt"):
+    def report(self, name, problem=b"unreadable or corrupt"):  # = CORRUPT
         name, problem = (printable(x.numpy() if hasattr(x, "numpy") else x) for x in (name, problem))
         with self._lock:
             self.count += 1
@@ -53,28 +53,94 @@ UNREADABLE = UnreadableImages()
 AUG_DEVICES = ("host", "accelerator")
 
 
-def _read_safely(split, decode, fallback, max_pixels=image_header.DEFAULT_MAX_PIXELS):
-    """(name, source, label, ...) -> (..., image, problem): `decode(contents)` in a one-element
-    dataset whose errors are dropped, so that a corrupt image gives (fallback, "unreadable or
-    corrupt") instead of an error, and one of more than `max_pixels` pixels or an animated WebP
-    (image_header.size_problem, from the header: the serving limit) gives (fallback, why) undecoded.
-    The problem is "" for a good image."""
+CORRUPT = "unreadable or corrupt"
+# Training decodes in groups of this many records: one group's decoding errors are isolated
+# together, which costs far less per image than isolating each image (evaluation does that).
+GROUP = 32
+_END_OF_GROUP = "\0end of group"
+
+
+def _loader(split, decode, fallback, max_pixels=image_header.DEFAULT_MAX_PIXELS):
+    """source -> (image, problem): `decode(contents)` and "" for a good image; (fallback, why) for
+    one of more than `max_pixels` pixels or an animated WebP (image_header.size_problem, from the
+    header: the serving limit), undecoded. A corrupt image raises, for ignore_errors to drop."""
+
+    def load(source):
+        if split.read_files:  # an empty name is evaluation padding: a blank image, never read
+            contents = tf.cond(source == "", lambda: tf.constant(_BLANK_PNG), lambda: tf.io.read_file(source))
+        else:
+            contents = source
+        problem = image_header.size_problem(contents, max_pixels)
+        return tf.cond(tf.equal(problem, ""), lambda: decode(contents), lambda: fallback), problem
+
+    return load
+
+
+def _read_each_safely(split, decode, fallback):
+    """For interleave: (name, source, label, ...) -> a one-element dataset of (name, label, ...,
+    image, problem): a corrupt image gives (fallback, "unreadable or corrupt") in its place."""
+    load = _loader(split, decode, fallback)
 
     def safe(name, source, label, *rest):
-        def load(source):
-            if split.read_files:  # an empty name is evaluation padding: a blank image, never read
-                contents = tf.cond(source == "", lambda: tf.constant(_BLANK_PNG), lambda: tf.io.read_file(source))
-            else:
-                contents = source
-            problem = image_header.size_problem(contents, max_pixels)
-            return tf.cond(tf.equal(problem, ""), lambda: decode(contents), lambda: fallback), problem
-
         decoded = tf.data.Dataset.from_tensors(source).map(load).ignore_errors()
-        failed = tf.data.Dataset.from_tensors((fallback, tf.constant("unreadable or corrupt")))
+        failed = tf.data.Dataset.from_tensors((fallback, tf.constant(CORRUPT)))
         image_and_ok = decoded.concatenate(failed).take(1)
         return image_and_ok.map(lambda image, problem: (name, label, *rest, image, problem))
 
     return safe
+
+
+def _read_good(records, split, decode, fallback, *, deterministic, remote=False):
+    """(name, source, label) -> (label, image) of the good images only, the others reported by
+    name (see _report_if_unreadable). Decoding errors are dropped by tf.data's ignore_errors, a
+    group of GROUP records at a time; the group's last element names the records that gave
+    nothing, and its filter reports them."""
+    load = _loader(split, decode, fallback)
+
+    def decode_group(names, sources, labels):
+        count = tf.shape(names)[0]
+        good = tf.data.Dataset.from_tensor_slices((tf.range(count), names, sources, labels))
+        good = good.map(lambda index, name, source, label: (index, name, label, *load(source))).ignore_errors()
+        end = tf.data.Dataset.from_tensors((count, names[0], labels[0], fallback, tf.constant(_END_OF_GROUP)))
+
+        def track(seen, element):  # which records came through; at the end, the names of the others
+            index, *element = element
+            seen = seen | tf.equal(tf.range(count), index)
+            lost = tf.cond(
+                tf.equal(index, count), lambda: tf.boolean_mask(names, ~seen), lambda: tf.zeros([0], tf.string)
+            )
+            return seen, (lost, *element)
+
+        return good.concatenate(end).scan(tf.zeros([count], tf.bool), track)
+
+    def keep(lost, name, label, image, problem):
+        return tf.cond(
+            tf.equal(problem, _END_OF_GROUP),
+            lambda: _report_lost(lost, remote),
+            lambda: _report_if_unreadable(name, problem, remote),
+        )
+
+    groups = records.batch(GROUP).interleave(
+        decode_group,
+        cycle_length=tf.data.AUTOTUNE,
+        block_length=GROUP,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    return groups.filter(keep).map(lambda lost, name, label, image, problem: (label, image))
+
+
+def _report_lost(names, remote=False):
+    """Reports the images that failed to decode; False (the end of a group is no image)."""
+
+    def report():
+        if remote:
+            tf.print("skipped images", names, CORRUPT, output_stream=sys.stderr)
+        else:
+            tf.py_function(lambda names: [UNREADABLE.report(name) for name in names.numpy()], [names], [])
+        return tf.constant(False)
+
+    return tf.cond(tf.size(names) > 0, report, lambda: tf.constant(False))
 
 
 def _report_if_unreadable(name, problem, remote=False):
@@ -127,10 +193,11 @@ def train_dataset(
     """The endless, shuffled training stream of (images [B, S, S, 3] normalised, targets [B, K]).
 
     aug_device="host" (default): the whole recipe runs here, in tf.data. aug_device="accelerator":
-    the stream holds (uint8 images [B, S, S, 3] randomly cropped, resized and flipped, smoothed
-    one-hot targets [B, K]); RandAugment, random erasing, Mixup/CutMix and the normalisation are
-    left to the training step: `batch_augment.augment_on_device(model, device_augment(aa, reprob,
-    mixup))` after compile (crossvit_keras.training does it for --aug-device accelerator).
+    the host only reads, decodes the crop and flips (augment.decode_crop_unresized); the stream holds
+    ((canvases uint8 [B, 2S, 2S, 3], crop sizes int32 [B, 2]), smoothed one-hot targets [B, K]),
+    and the resize, RandAugment, random erasing, Mixup/CutMix and the normalisation are left to the
+    training step: `batch_augment.augment_on_device(model, device_augment(S, aa, reprob, mixup))`
+    after compile (crossvit_keras.training does it for --aug-device accelerator).
 
     batch_size is this pipeline's batch (per replica under tf.distribute). mixup: a
     augment.MixupCutmix (its label smoothing also applies when it mixes nothing); None gives plain
@@ -146,34 +213,45 @@ def train_dataset(
         records = _shard(split.records(shuffle=True, seed=seed), input_context).repeat()
     if repeated_aug > 1:
         records = records.flat_map(lambda *r: tf.data.Dataset.from_tensors(r).repeat(repeated_aug))
-    decode = _read_safely(
-        split,
-        lambda contents: augment.decode_crop_flip(contents, image_size, scale, ratio, hflip),
-        tf.zeros([image_size, image_size, 3], tf.uint8),
-    )
-    in_order = repeated_aug > 1  # keeps an image's copies in a row, so they share a batch
     on_host = aug_device == "host"
-    augment_batch = batch_augment.BatchAugment(aa, reprob, mixup) if on_host else None
+    if on_host:
+        fallback = tf.zeros([image_size, image_size, 3], tf.uint8)
 
-    def finish_batch(names, labels, images, oks):
+        def decode(contents):
+            return augment.decode_crop_flip(contents, image_size, scale, ratio, hflip)
+
+        augment_batch = batch_augment.BatchAugment(aa, reprob, mixup)
+    else:
+        fallback = tf.zeros([1, 1, 3], tf.uint8)
+
+        def decode(contents):
+            return augment.decode_crop_unresized(contents, image_size, scale, ratio, hflip)
+
+    def finish_batch(labels, images, *crop_sizes):
         targets = batch_augment.smoothed_targets(labels, num_classes, mixup)
-        return augment_batch(images, targets) if on_host else (images, targets)
+        return augment_batch(images, targets) if on_host else ((images, crop_sizes[0]), targets)
 
-    dataset = (
-        records.interleave(decode, cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE, deterministic=in_order)
-        .filter(lambda name, label, image, ok: _report_if_unreadable(name, ok, remote))
-        .batch(batch_size, drop_remainder=True)
-        .map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    in_order = repeated_aug > 1  # keeps an image's copies in a row, so they share a batch
+    dataset = _read_good(records, split, decode, fallback, deterministic=in_order, remote=remote)
+    if on_host:
+        dataset = dataset.batch(batch_size, drop_remainder=True)
+    else:  # the crops at the top left of 2S x 2S canvases (tf.data pads as it batches: no copy per image)
+        canvas = [2 * image_size, 2 * image_size, 3]
+        dataset = dataset.map(lambda label, image: (label, image, tf.shape(image)[:2])).padded_batch(
+            batch_size, padded_shapes=([], canvas, [2]), drop_remainder=True
+        )
+    dataset = dataset.map(finish_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset.with_options(_options(threads))
 
 
-def device_augment(aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=None):
+def device_augment(image_size, aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=None):
     """The batch stage `train_dataset(..., aug_device="accelerator")` leaves to the training step:
-    RandAugment, random erasing, Mixup/CutMix and normalisation with fixed shapes and ops XLA
-    compiles. Install it with batch_augment.augment_on_device(model, device_augment(...))."""
-    return batch_augment.BatchAugment(aa, reprob, mixup, static_shapes=True)
+    ((canvases, crop sizes), targets) -> (images [B, S, S, 3] normalised, targets): the resize
+    (batch_augment.resize_crops), RandAugment, random erasing, Mixup/CutMix and normalisation,
+    with fixed shapes and ops XLA compiles. Install it with
+    batch_augment.augment_on_device(model, device_augment(...))."""
+    return batch_augment.DeviceAugment(image_size, aa, reprob, mixup)
 
 
 def padded_size(size, global_batch):
@@ -209,7 +287,7 @@ def eval_dataset(
 
     dataset = (
         records.interleave(
-            _read_safely(split, decode, tf.zeros([1, 1, 3], tf.uint8)),
+            _read_each_safely(split, decode, tf.zeros([1, 1, 3], tf.uint8)),
             cycle_length=16,
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,

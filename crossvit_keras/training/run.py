@@ -261,7 +261,9 @@ class Run:
             if self.aug_device == "accelerator":  # the batch augmentations: first stage of the train step
                 from crossvit_keras.data import augment_on_device, device_augment
 
-                augment = device_augment(config.aa, config.reprob, config.mixup_cutmix(self.num_classes))
+                augment = device_augment(
+                    model.image_size, config.aa, config.reprob, config.mixup_cutmix(self.num_classes)
+                )
                 augment_on_device(model, augment)
 
         record = {
