@@ -195,11 +195,14 @@ def test_accelerator_stage_trains_a_small_model():
     from crossvit_keras import training
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((24, 24, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
-    training.compile_model(model, keras.optimizers.AdamW(1e-3), 5, jit_compile=False)
-    seen = []
-    model.train_step = (lambda step: lambda batch: (seen.append(batch[0].dtype), step(batch))[1])(model.train_step)
-    data.augment_on_device(model, data.device_augment(24, mixup=augment.MixupCutmix(5)))
+    # under a strategy Keras builds the metrics from the first batch: the augmentation's inputs
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        images = keras.Input((24, 24, 3), name="images")  # named, as CrossViT's
+        model = keras.Model(images, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(images)))
+        training.compile_model(model, keras.optimizers.AdamW(1e-3), 5, jit_compile=False)
+        seen = []
+        model.train_step = (lambda step: lambda batch: (seen.append(batch[0].dtype), step(batch))[1])(model.train_step)
+        data.augment_on_device(model, data.device_augment(24, mixup=augment.MixupCutmix(5)))
     rng = np.random.default_rng(0)
     canvases = rng.integers(0, 256, (8, 48, 48, 3), dtype=np.uint8)
     crop_sizes = rng.integers(10, 49, (8, 2)).astype(np.int32)

@@ -478,16 +478,27 @@ def smoothed_targets(labels, num_classes, mixup=None):
 
 
 def augment_on_device(model, augment):
-    """Makes `augment` ((images, targets) -> (images, targets), e.g. a BatchAugment with
-    static_shapes=True) the first stage of `model`'s train step: it runs on each replica's device,
+    """Makes `augment` ((inputs, targets) -> (images, targets), e.g. device_augment's
+    DeviceAugment) the first stage of `model`'s train step: it runs on each replica's device,
     inside the compiled step (with XLA where the step is compiled). Wraps the train step the model
     has (Keras' own or one installed on the instance, as crossvit_keras.training's XLA split does);
-    call it after compile. Evaluation is unchanged. Returns the model."""
+    call it after compile (under the strategy's scope, if any). Evaluation is unchanged. Returns
+    the model.
+
+    Under a tf.distribute strategy Keras builds the loss and the metrics by running the model on
+    the first batch's inputs, which here are the augmentation's (canvases and crop sizes), not the
+    model's: they are built here instead, on one blank image."""
     step = model.train_step
 
     def train_step(data):
-        images, targets = data[0], data[1]
-        return step(augment(images, targets))
+        inputs, targets = data[0], data[1]
+        return step(augment(inputs, targets))
 
     model.train_step = train_step
+    images = tf.zeros([1, *model.inputs[0].shape[1:]], model.inputs[0].dtype)
+    predictions = model(images, training=False)
+    targets = tf.zeros_like(predictions)
+    model.compute_loss(images, targets, predictions)
+    model.compute_metrics(images, targets, predictions, sample_weight=None)
+    model.reset_metrics()
     return model
