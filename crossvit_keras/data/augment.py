@@ -60,6 +60,14 @@ def random_resized_crop_box(height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 
     return tf.cond(found, random_box, central_box)
 
 
+def _decode_whole_and_crop(contents, scale, ratio):
+    """A non-JPEG image decoded whole, then its random resized crop's box cut out."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    shape = tf.shape(image)
+    top, left, h, w = tf.unstack(random_resized_crop_box(shape[0], shape[1], scale, ratio))
+    return image[top : top + h, left : left + w]
+
+
 def decode_random_crop(contents, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """Encoded image bytes -> a random resized crop, float32 [size, size, 3], RGB in [0, 255].
 
@@ -73,13 +81,7 @@ def decode_random_crop(contents, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
         box = random_resized_crop_box(shape[0], shape[1], scale, ratio)
         return tf.image.decode_and_crop_jpeg(contents, box, channels=3)
 
-    def other():
-        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-        shape = tf.shape(image)
-        top, left, h, w = tf.unstack(random_resized_crop_box(shape[0], shape[1], scale, ratio))
-        return image[top : top + h, left : left + w]
-
-    crop = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    crop = tf.cond(tf.io.is_jpeg(contents), jpeg, lambda: _decode_whole_and_crop(contents, scale, ratio))
     crop = tf.image.resize(crop, [size, size], method="bicubic", antialias=True)
     return tf.clip_by_value(crop, 0.0, 255.0)
 
@@ -120,13 +122,7 @@ def decode_crop_unresized(contents, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3
 
         return tf.switch_case(step, [lambda factor=factor: decode_scaled(factor) for factor in (1, 2, 4, 8)])
 
-    def other():
-        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-        shape = tf.shape(image)
-        top, left, h, w = tf.unstack(random_resized_crop_box(shape[0], shape[1], scale, ratio))
-        return image[top : top + h, left : left + w]
-
-    crop = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    crop = tf.cond(tf.io.is_jpeg(contents), jpeg, lambda: _decode_whole_and_crop(contents, scale, ratio))
     return random_flip(_fit_canvas(crop, canvas), hflip)
 
 

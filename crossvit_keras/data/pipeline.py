@@ -4,7 +4,8 @@
     train = train_dataset(dataset.train, image_size=240, batch_size=64, num_classes=dataset.num_classes)
     val = eval_dataset(dataset.val, image_size=240, batch_size=96, num_classes=dataset.num_classes)
 
-An unreadable or corrupt image never stops an epoch: training skips it, evaluation gives it weight 0;
+An unreadable or corrupt image never stops an epoch: training skips it (and reports it when its
+group of GROUP images has been decoded), evaluation gives it weight 0;
 either way it is logged with its path and counted in `UNREADABLE.count`. So is an image of more
 pixels than serving takes (image_header.DEFAULT_MAX_PIXELS, read from its header: never decoded).
 """
@@ -29,6 +30,9 @@ _BLANK_PNG = (
 )
 
 
+CORRUPT = "unreadable or corrupt"
+
+
 class UnreadableImages:
     """Counts and logs the images the pipelines skip (thread-safe: tf.data calls it from its threads)."""
 
@@ -37,7 +41,7 @@ class UnreadableImages:
         self.count = 0
         self.first = []  # the first five, "name (why)"
 
-    def report(self, name, problem=b"unreadable or corrupt"):  # = CORRUPT
+    def report(self, name, problem=CORRUPT):
         name, problem = (printable(x.numpy() if hasattr(x, "numpy") else x) for x in (name, problem))
         with self._lock:
             self.count += 1
@@ -53,7 +57,6 @@ UNREADABLE = UnreadableImages()
 AUG_DEVICES = ("host", "accelerator")
 
 
-CORRUPT = "unreadable or corrupt"
 # Training decodes in groups of this many records: one group's decoding errors are isolated
 # together, which costs far less per image than isolating each image (evaluation does that).
 GROUP = 32
