@@ -9,7 +9,9 @@ Mixup 0.8 / CutMix 1.0 with label smoothing 0.1).
 
 (from the repository root; `--help` lists the flags). Modes (--aug-device): `host`, the whole recipe
 in tf.data; `accelerator`, what the host does when the batch augmentations run in the training
-step (read, decode the crop, resize, flip, uint8). `--timm-python PYTHON` also times timm's pipeline
+step (read, decode the crop, flip, uint8). `--threads N` gives tf.data a private pool of N threads
+and TensorFlow's intra-op pool N threads (each op's share of the cores, as torch.set_num_threads
+gives timm's). `--timm-python PYTHON` also times timm's pipeline
 (its create_transform with the same recipe, then its Mixup, in one process with one thread) with
 that interpreter, which needs torch and timm (`pip install torch timm`). Without --data-path the
 images are photographs of ImageNet's spread of sizes and compression (crossvit_keras.data.
@@ -154,7 +156,12 @@ def build_parser():
     parser.add_argument("--data-path", help="a DeiT-layout folder (default: generated photographs, 300-900 px)")
     parser.add_argument("--shards", action="store_true", help="--data-path holds prepared TFRecord shards")
     parser.add_argument("--aug-device", nargs="+", choices=("host", "accelerator"), default=["host", "accelerator"])
-    parser.add_argument("--threads", type=int, default=1, help="tf.data threads (timm: one process, one thread)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="tf.data's private pool and TensorFlow's intra-op pool, as torch.set_num_threads (timm: one thread)",
+    )
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--input-size", type=int, default=240)
@@ -168,6 +175,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    import tensorflow as tf
+
+    # the threads each op may split over, as torch.set_num_threads(1) gives timm: TensorFlow's kernels
+    # otherwise split over its intra-op pool (all cores), whatever tf.data's own pool
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     from crossvit_keras.data import make_photo_folder
 
     with tempfile.TemporaryDirectory() as scratch:
