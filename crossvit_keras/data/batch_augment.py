@@ -52,6 +52,12 @@ def _per_image(values):
     return values[:, None, None, None]
 
 
+def _select(condition, x, y):
+    """tf.where for a condition of x's shape or of its batch only [B]: TensorFlow's Select. tf.where
+    (SelectV2, which broadcasts) takes six times as long on the CPU, even for equal shapes."""
+    return tf.raw_ops.Select(condition=condition, x=x, y=y)
+
+
 def _pixels(images):
     """Rounded and clipped to [0, 255]: what PIL's uint8 images hold after each op."""
     return tf.clip_by_value(tf.round(images), 0.0, 255.0)
@@ -78,11 +84,14 @@ def _per_channel(values, images):
 
 
 def auto_contrast(images, magnitude, sign):
-    low = tf.reduce_min(images, axis=[1, 2], keepdims=True)
-    high = tf.reduce_max(images, axis=[1, 2], keepdims=True)
-    scale = 255.0 / tf.maximum(high - low, 1.0)
-    stretched = tf.clip_by_value(tf.floor((images - low) * scale + 1e-3), 0.0, 255.0)
-    return tf.where(high > low, stretched, images)
+    shape = tf.shape(images)
+    pixels = tf.reshape(images, [shape[0], -1, 3])  # reductions over one axis: twice as fast
+    low = tf.reduce_min(pixels, axis=1)[:, None, None, :]
+    high = tf.reduce_max(pixels, axis=1)[:, None, None, :]
+    # a channel of one value stays as it is: scale 1 from 0
+    scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1.0), 1.0)
+    offset = 1e-3 - tf.where(high > low, low, 0.0) * scale
+    return tf.clip_by_value(tf.floor(images * scale + offset), 0.0, 255.0)
 
 
 def equalize(images, magnitude, sign):
@@ -112,12 +121,12 @@ def posterize(images, magnitude, sign):
 
 def solarize(images, magnitude, sign):
     threshold = _per_image(256.0 - tf.minimum(256.0, tf.floor(magnitude / 10.0 * 256.0)))
-    return tf.where(images >= threshold, 255.0 - images, images)
+    return _select(images >= threshold, 255.0 - images, images)
 
 
 def solarize_add(images, magnitude, sign):
     add = _per_image(tf.minimum(128.0, tf.floor(magnitude / 10.0 * 110.0)))
-    return tf.where(images < 128.0, tf.minimum(255.0, images + add), images)
+    return _select(images < 128.0, tf.minimum(255.0, images + add), images)
 
 
 def _enhance_factor(magnitude, sign):
@@ -134,7 +143,7 @@ def contrast(images, magnitude, sign):
 
 
 def brightness(images, magnitude, sign):
-    return _blend(tf.zeros_like(images), images, _enhance_factor(magnitude, sign))
+    return _blend(0.0, images, _enhance_factor(magnitude, sign))
 
 
 def sharpness(images, magnitude, sign):
@@ -216,7 +225,7 @@ def warp(images, transforms, static_shapes=False):
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )
-    return _pixels(warped + fill)
+    return tf.round(warped + fill)  # within [0, 255]: bilinear weights are convex
 
 
 PIXEL_OPS = {
@@ -235,7 +244,8 @@ PIXEL_OPS = {
 
 class RandAugment:
     """timm's RandAugment with its "increasing" ops (inc1), on a batch [B, H, W, 3] of pixel values
-    in [0, 255] (uint8, or float: rounded) -> float32 pixel values (integers) in [0, 255].
+    in [0, 255] (uint8, or float: rounded) -> pixel values (integers) in [0, 255]: uint8 on the
+    host when given uint8 (as PIL holds them), else float32.
 
     Per image and layer, as timm's RandAugment/AugmentOp: an op drawn uniformly from OPS (with
     replacement), applied with probability `prob`, magnitude ~ N(magnitude, magnitude_std) clipped
@@ -276,7 +286,7 @@ class RandAugment:
             images = tf.cast(images, tf.float32)
         for _ in range(self.num_layers):
             images = self.apply(images, *self.sample(tf.shape(images)[0]))
-        return tf.cast(images, tf.float32)
+        return images
 
     def _apply_all(self, images, op, magnitude, sign):
         shape = tf.shape(images)
@@ -335,14 +345,6 @@ def erasing_boxes(batch, height, width, probability=0.25, min_area=0.02, max_are
     return erased, top, left, h, w
 
 
-def _box_mask(height, width, top, left, h, w):
-    """[n, H, W, 1] bool: inside each image's box."""
-    rows = tf.range(height)[None, :, None, None]
-    cols = tf.range(width)[None, None, :, None]
-    top, left, h, w = (_per_image(v) for v in (top, left, h, w))
-    return (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-
-
 class BatchAugment:
     """RandAugment, random erasing, Mixup/CutMix and normalisation of a batch: (images [B, S, S, 3]
     uint8 or float pixel values, targets [B, K] smoothed one-hot) -> (normalised float32 images,
@@ -358,53 +360,53 @@ class BatchAugment:
         self.mixup = mixup
         self.static_shapes = static_shapes
 
-    def erase(self, images):
-        """Random erasing on [B, H, W, 3] float pixel values: the box gets values that normalise to N(0, 1)."""
+    def erasing(self, batch, height, width):
+        """Random erasing's choices for a batch: (boxes [B, 4] of top, left, height, width, with height
+        0 where an image is not erased; starts [B]; noise [N, 3] N(0, 1) values): image b's box takes
+        noise[starts[b]:] row by row. On the host N is the boxes' total area rounded up to one of a few
+        sizes (XLA compiles the batch stage once per size); on the accelerator, B * H * W."""
         if self.reprob <= 0:
-            return images
-        shape = tf.shape(images)
-        erased, top, left, h, w = erasing_boxes(shape[0], shape[1], shape[2], self.reprob)
-        mean = tf.constant(IMAGENET_MEAN) * 255.0
-        std = tf.constant(IMAGENET_STD) * 255.0
+            return tf.zeros([batch, 4], tf.int32), tf.zeros([batch], tf.int32), tf.zeros([1, 3])
+        erased, top, left, h, w = erasing_boxes(batch, height, width, self.reprob)
+        h = tf.where(erased, h, 0)
         if self.static_shapes:
-            inside = _box_mask(shape[1], shape[2], top, left, h, w) & _per_image(erased)
-            return tf.where(inside, mean + std * tf.random.normal(shape), images)
-        # noise for the boxes' pixels only, scattered into the batch
-        which = tf.where(erased)[:, 0]
-        top, left, h, w = (tf.gather(v, which) for v in (top, left, h, w))
-        offsets = tf.ragged.range(h * w)
-        box, k = offsets.value_rowids(), offsets.flat_values
-        box_w = tf.gather(w, box)
-        rows = tf.gather(top, box) + k // box_w
-        cols = tf.gather(left, box) + k % box_w
-        index = (tf.cast(tf.gather(which, box), tf.int32) * shape[1] + rows) * shape[2] + cols
-        noise = mean + std * tf.random.normal([tf.size(index), 3])
-        flat = tf.tensor_scatter_nd_update(tf.reshape(images, [-1, 3]), index[:, None], noise)
-        return tf.reshape(flat, shape)
+            starts, size = tf.range(batch) * height * width, batch * height * width
+        else:
+            areas = h * w
+            starts, size = tf.cumsum(areas, exclusive=True), _noise_size(tf.reduce_sum(areas))
+        return tf.stack([top, left, h, w], axis=1), starts, tf.random.normal([size, 3])
 
-    def mix_and_normalize(self, images, targets):
-        """timm's batch Mixup/CutMix (image i with image B-1-i), then normalisation, in one pass:
-        on the host through XLA (tf.function(jit_compile=True) fuses it into one loop over the
-        batch; TensorFlow's ops would take five), on the accelerator as part of the train step."""
+    def mixing(self, height, width):
+        """Mixup/CutMix's choices for a batch: (lam, use_cutmix, CutMix's box: top, bottom, left, right)."""
         mixup = self.mixup
         if mixup is None or not mixup.active:
-            lam, use_cutmix, box = tf.constant(1.0), tf.constant(False), tf.zeros([4], tf.int32)
-        else:
-            lam, use_cutmix = mixup.params()
-            shape = tf.shape(images)
-            *box, box_lam = mixup.cutmix_box(shape[1], shape[2], lam)
-            lam, box = tf.where(use_cutmix, box_lam, lam), tf.stack(box)
-        mix = _mix_and_normalize if self.static_shapes else _mix_and_normalize_compiled
-        images = mix(images, lam, use_cutmix, box)
-        return images, targets * lam + tf.reverse(targets, axis=[0]) * (1.0 - lam)
+            return tf.constant(1.0), tf.constant(False), tf.zeros([4], tf.int32)
+        lam, use_cutmix = mixup.params()
+        *box, box_lam = mixup.cutmix_box(height, width, lam)
+        return tf.where(use_cutmix, box_lam, lam), use_cutmix, tf.stack(box)
 
     def __call__(self, images, targets):
         shape = images.shape
         if self.rand_augment is not None:
             images = tf.ensure_shape(self.rand_augment(images), shape)
-        images = tf.cast(images, tf.float32)
-        images = tf.ensure_shape(self.erase(images), shape)
-        return self.mix_and_normalize(images, tf.cast(targets, tf.float32))
+        batch, height, width = tf.unstack(tf.shape(images)[:3])
+        erasing = self.erasing(batch, height, width)
+        lam, use_cutmix, box = self.mixing(height, width)
+        # on the host XLA fuses the erasing, the mixing and the normalisation into one loop over the
+        # batch (TensorFlow's ops would take seven); on the accelerator it is part of the train step
+        finish = _erase_mix_and_normalize if self.static_shapes else _erase_mix_and_normalize_compiled
+        images = finish(images, *erasing, lam, use_cutmix, box)
+        targets = tf.cast(targets, tf.float32)
+        return images, targets * lam + tf.reverse(targets, axis=[0]) * (1.0 - lam)
+
+
+# The sizes of the host's erasing noise: steps of 2^(1/4) from 1024 values (at most 19% unused).
+_NOISE_SIZES = sorted({math.ceil(1024 * 2 ** (k / 4) / 64) * 64 for k in range(84)})  # int32
+
+
+def _noise_size(count):
+    sizes = tf.constant(_NOISE_SIZES, tf.int32)
+    return tf.gather(sizes, tf.searchsorted(sizes, count[None])[0])
 
 
 def _bicubic_weights(in_sizes, in_extent, out_size):
@@ -452,6 +454,20 @@ class DeviceAugment:
         return self.batch_augment(resize_crops(canvases, crop_sizes, self.image_size), targets)
 
 
+def erase_boxes(images, boxes, starts, noise):
+    """images [B, H, W, 3] pixel values -> float32 with each image's box (BatchAugment.erasing) filled
+    with pixel values that normalise to its noise."""
+    images = tf.cast(images, tf.float32)
+    shape = tf.shape(images)
+    top, left, h, w = (v[:, None, None] for v in tf.unstack(boxes, axis=1))
+    rows = tf.range(shape[1])[None, :, None]
+    cols = tf.range(shape[2])[None, None, :]
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    index = tf.where(inside, starts[:, None, None] + (rows - top) * w + (cols - left), 0)
+    pixels = np.float32(IMAGENET_MEAN) * 255.0 + np.float32(IMAGENET_STD) * 255.0 * tf.gather(noise, index)
+    return tf.where(inside[..., None], pixels, images)
+
+
 def _mix_and_normalize(images, lam, use_cutmix, box):
     """images [B, H, W, 3] pixel values -> normalised: with CutMix (use_cutmix), the box (top,
     bottom, left, right) of image i from image B-1-i; else lam * image i + (1 - lam) * image B-1-i."""
@@ -469,7 +485,11 @@ def _mix_and_normalize(images, lam, use_cutmix, box):
     return mixed * scale + offset
 
 
-_mix_and_normalize_compiled = tf.function(_mix_and_normalize, jit_compile=True)
+def _erase_mix_and_normalize(images, boxes, starts, noise, lam, use_cutmix, box):
+    return _mix_and_normalize(erase_boxes(images, boxes, starts, noise), lam, use_cutmix, box)
+
+
+_erase_mix_and_normalize_compiled = tf.function(_erase_mix_and_normalize, jit_compile=True)
 
 
 def smoothed_targets(labels, num_classes, mixup=None):
