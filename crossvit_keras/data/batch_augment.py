@@ -212,13 +212,13 @@ def _bilinear_warp(images, transforms):
 
 def warp(images, transforms, static_shapes=False):
     """Affine warp (bilinear) with timm's fill colour; XLA-compilable if static_shapes."""
+    # bilinear interpolation is linear: warping (x - fill) with fill 0 fills `fill`
     fill = _per_channel(FILL, images)
-    shifted = images - fill  # bilinear interpolation is linear: warping (x - fill) with fill 0 fills `fill`
     if static_shapes:
-        return _pixels(_bilinear_warp(shifted, transforms) + fill)
+        return _pixels(_bilinear_warp(images - fill, transforms) + fill)
     shape = tf.shape(images)
     warped = tf.raw_ops.ImageProjectiveTransformV3(
-        images=shifted,
+        images=images - fill,
         transforms=transforms,
         output_shape=shape[1:3],
         fill_value=0.0,
