@@ -364,9 +364,10 @@ class BatchAugment:
         """Random erasing's choices for a batch: (boxes [B, 4] of top, left, height, width, with height
         0 where an image is not erased; starts [B]; noise [N, 3] N(0, 1) values): image b's box takes
         noise[starts[b]:] row by row. On the host N is the boxes' total area rounded up to one of a few
-        sizes (XLA compiles the batch stage once per size); on the accelerator, B * H * W."""
+        sizes (XLA compiles the batch stage once per size); on the accelerator, B * H * W. None
+        without erasing (reprob 0)."""
         if self.reprob <= 0:
-            return tf.zeros([batch, 4], tf.int32), tf.zeros([batch], tf.int32), tf.zeros([1, 3])
+            return None
         erased, top, left, h, w = erasing_boxes(batch, height, width, self.reprob)
         h = tf.where(erased, h, 0)
         if self.static_shapes:
@@ -395,7 +396,7 @@ class BatchAugment:
         # on the host XLA fuses the erasing, the mixing and the normalisation into one loop over the
         # batch (TensorFlow's ops would take seven); on the accelerator it is part of the train step
         finish = _erase_mix_and_normalize if self.static_shapes else _erase_mix_and_normalize_compiled
-        images = finish(images, *erasing, lam, use_cutmix, box)
+        images = finish(images, erasing, lam, use_cutmix, box)
         targets = tf.cast(targets, tf.float32)
         return images, targets * lam + tf.reverse(targets, axis=[0]) * (1.0 - lam)
 
@@ -485,8 +486,9 @@ def _mix_and_normalize(images, lam, use_cutmix, box):
     return mixed * scale + offset
 
 
-def _erase_mix_and_normalize(images, boxes, starts, noise, lam, use_cutmix, box):
-    return _mix_and_normalize(erase_boxes(images, boxes, starts, noise), lam, use_cutmix, box)
+def _erase_mix_and_normalize(images, erasing, lam, use_cutmix, box):
+    images = tf.cast(images, tf.float32) if erasing is None else erase_boxes(images, *erasing)
+    return _mix_and_normalize(images, lam, use_cutmix, box)
 
 
 _erase_mix_and_normalize_compiled = tf.function(_erase_mix_and_normalize, jit_compile=True)
